@@ -1,0 +1,356 @@
+"""The training loop and the run that trains a network from scratch.
+
+One epoch: shuffle the training tensors with a seeded generator, augment and
+normalise each batch on the device, step SGD, then evaluate on the validation
+split. After every epoch the loop atomically writes `checkpoint.pt` (model,
+optimiser, scheduler and every random-generator state) and `history.csv`.
+A rerun of an unfinished run resumes after the last checkpoint.
+The test split is evaluated once, after the last epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import runs
+from .data import DataSplits, augment_batch, iterate_batches, normalize, prepare_data
+from .errors import ConfigError, RunError
+from .runs import RunConfig
+
+__all__ = ["default_device", "evaluate", "execute_run", "fit", "resolve_precision", "run_scratch"]
+
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
+                  "val_seconds", "images_per_second")
+
+
+def default_device() -> torch.device:
+    """Return the first CUDA device when one is present, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Map "auto" to "bf16" where the device runs bfloat16 natively, else "fp32".
+
+    CUDA needs bf16 support (Ampere or newer); a CPU needs oneDNN's bf16 path
+    (AVX-512 BF16 or AMX), which `torch.ops.mkldnn._is_mkldnn_bf16_supported`
+    reports.
+    """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cross_entropy_criterion(logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+             batch_size: int = 512, precision: str = "fp32") -> tuple[float, float]:
+    """Return (mean cross-entropy, accuracy in %) of `model` on uint8 images `x`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct = 0.0, 0
+    for xb, yb in iterate_batches(x, y, batch_size):
+        xb = normalize(xb.to(device), mean, std).contiguous(memory_format=torch.channels_last)
+        yb = yb.to(device)
+        with autocast_context(precision, device):
+            logits = model(xb)
+        total_loss += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    model.train(was_training)
+    n = max(1, y.numel())
+    return total_loss / n, 100.0 * correct / n
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    state = {"generator": generator.get_state(), "torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_cpu"])
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise RunError(
+            f"checkpoint {path} cannot be loaded with weights_only=True ({type(exc).__name__}: {exc}). "
+            "Delete it to restart the run from epoch 0."
+        ) from None
+
+
+def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
+        criterion: Callable | None = None, device: torch.device | None = None,
+        progress: bool = False) -> dict:
+    """Train `model` for `cfg.epochs` epochs, resuming from `folder/checkpoint.pt` if present.
+
+    `criterion(logits, inputs, targets)` defaults to cross-entropy. Returns the
+    history rows, test loss and accuracy, summed training seconds and the
+    precision used. Raises RunError on a non-finite loss.
+    """
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    device = device or default_device()
+    precision = resolve_precision(cfg.precision, device)
+    criterion = criterion or cross_entropy_criterion
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    model.to(device, memory_format=torch.channels_last)
+    splits = data.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones),
+                                                     gamma=cfg.lr_gamma)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    history: list[dict] = []
+    start_epoch = 0
+    checkpoint_path = folder / "checkpoint.pt"
+    checkpoint = _load_checkpoint(checkpoint_path, device)
+    if checkpoint is not None:
+        if checkpoint.get("arch") != model.arch.to_dict():
+            raise RunError(f"checkpoint {checkpoint_path} belongs to another architecture "
+                           f"({checkpoint.get('arch')}); delete the run folder {folder} to start over")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        _restore_rng(checkpoint["rng"], generator, device)
+        history = list(checkpoint["history"])
+        start_epoch = int(checkpoint["epoch"])
+
+    n_train = splits.train_y.numel()
+    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=cfg.run_id, unit="epoch", disable=not progress)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        loss_sum, correct = 0.0, torch.zeros((), dtype=torch.int64, device=device)
+        batches = iterate_batches(splits.train_x, splits.train_y, cfg.batch_size, shuffle=True,
+                                  generator=generator)
+        for step, (xb, yb) in enumerate(batches):
+            inputs = normalize(augment_batch(xb, generator), splits.mean, splits.std)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast_context(precision, device):
+                logits = model(inputs)
+                loss = criterion(logits, inputs, yb)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise RunError(
+                    f"run {cfg.run_id}: the training loss became {loss_value} at epoch {epoch + 1}, "
+                    f"step {step + 1}, learning rate {lr:g}. Lower the learning rate or check the data; "
+                    "the last finished epoch is kept in the checkpoint."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss_value * yb.numel()
+            correct += (logits.argmax(1) == yb).sum()
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+
+        val_started = time.perf_counter()
+        val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, splits.mean, splits.std,
+                                     cfg.eval_batch_size, precision)
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": loss_sum / n_train,
+            "train_acc": 100.0 * correct.item() / n_train,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "seconds": seconds,
+            "val_seconds": time.perf_counter() - val_started,
+            "images_per_second": n_train / seconds,
+        }
+        history.append(row)
+        # Checkpoint first: history.csv is rewritten from the checkpoint's rows,
+        # so a crash between the two writes never leaves a gap or a duplicate.
+        runs.atomic_torch_save({
+            "epoch": epoch + 1,
+            "arch": model.arch.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(generator, device),
+            "history": history,
+        }, checkpoint_path)
+        runs.atomic_write_text(folder / "history.csv", runs.history_to_csv(history))
+        bar.set_postfix(val_acc=f"{val_acc:.1f}")
+        bar.update()
+    bar.close()
+
+    test_loss, test_acc = evaluate(model, splits.test_x, splits.test_y, splits.mean, splits.std,
+                                   cfg.eval_batch_size, precision)
+    return {
+        "history": history,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "train_seconds": sum(r["seconds"] for r in history),
+        "precision": precision,
+        "resumed_from_epoch": start_epoch,
+    }
+
+
+# --------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------
+
+def _check_same_config(cfg: RunConfig, folder: Path) -> None:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return
+    previous = runs.read_json(config_path)
+    current = cfg.to_dict()
+    if previous != current:
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        raise RunError(
+            f"run {cfg.run_id} in {folder} was made with other settings (changed: {', '.join(changed)}). "
+            f"Delete {folder} to train it again with the new settings."
+        )
+
+
+def prepare_run_folder(cfg: RunConfig, root: Path) -> Path:
+    """Create the run folder and write config.json, rejecting a changed config on resume."""
+    folder = runs.run_dir(root, cfg.profile, cfg.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "checkpoint.pt").is_file():
+        _check_same_config(cfg, folder)
+    runs.atomic_write_json(folder / "config.json", cfg.to_dict())
+    return folder
+
+
+def load_teacher(cfg: RunConfig, root: Path, device: torch.device) -> nn.Module:
+    """Load the finished teacher run's final weights, or explain how to produce them."""
+    teacher_dir = runs.run_dir(root, cfg.profile, cfg.teacher_run_id)
+    if runs.read_metrics(teacher_dir) is None:
+        raise RunError(
+            f"run {cfg.run_id} needs its teacher run {cfg.teacher_run_id}, which has not finished "
+            f"(no complete metrics.json in {teacher_dir}). Run it first: "
+            f"wrnlib run {cfg.teacher_run_id} --profile {cfg.profile}"
+        )
+    teacher = runs.load_model(teacher_dir / "model.pt", map_location="cpu")
+    return teacher.to(device, memory_format=torch.channels_last).eval()
+
+
+BuildFn = Callable[[RunConfig, DataSplits, "nn.Module | None"], tuple[nn.Module, "Callable | None", dict]]
+
+
+def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path | None = None,
+                data_root: str | Path | None = None, threads: int | None = None,
+                progress: bool = False, download: bool = True) -> dict:
+    """Run one configured run end to end and return its metrics.
+
+    `build(cfg, data, teacher)` returns (model to train, criterion or None,
+    extra metrics). The run writes config.json, trains with `fit`, saves
+    model.pt, measures the model and writes metrics.json last.
+    """
+    from .measure import count_macs, count_parameters, measure_latency, model_size_mb
+
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config))
+    cfg.validate()
+    if threads:
+        torch.set_num_threads(int(threads))
+    root = runs.runs_root(runs_dir)
+    folder = runs.run_dir(root, cfg.profile, cfg.run_id)
+    finished = runs.read_metrics(folder)
+    if finished is not None:
+        # A finished run is never trained again; its notebook may still be re-executed.
+        _check_same_config(cfg, folder)
+        return finished
+    device = default_device()
+    teacher = load_teacher(cfg, root, device) if cfg.teacher_run_id else None
+    folder = prepare_run_folder(cfg, root)
+    data = prepare_data(cfg.dataset, data_root, val_size=cfg.val_size, train_subset=cfg.train_subset,
+                        test_subset=cfg.test_subset, seed=cfg.seed, download=download)
+    if teacher is not None and teacher.num_classes != data.num_classes:
+        raise RunError(f"teacher {cfg.teacher_run_id} has {teacher.num_classes} outputs but {cfg.dataset} "
+                       f"has {data.num_classes} classes")
+
+    model, criterion, extra = build(cfg, data, teacher)
+    result = fit(model, data, cfg, folder, criterion=criterion, device=device, progress=progress)
+
+    model_path = folder / "model.pt"
+    runs.save_model(model, model_path)
+    cpu_model = runs.load_model(model_path)
+    latency = measure_latency(cpu_model, batch_size=1, threads=1, device="cpu", repeats=cfg.latency_repeats)
+    metrics = {
+        "run_id": cfg.run_id,
+        "profile": cfg.profile,
+        "dataset": cfg.dataset,
+        "method": cfg.method,
+        "depth": cfg.depth,
+        "width": cfg.width,
+        "model": cpu_model.name,
+        "teacher_run_id": cfg.teacher_run_id,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "num_classes": data.num_classes,
+        **data.describe(),
+        "test_acc": result["test_acc"],
+        "test_loss": result["test_loss"],
+        "final_val_acc": result["history"][-1]["val_acc"],
+        "params": count_parameters(cpu_model),
+        "macs": count_macs(cpu_model),
+        "model_size_mb": model_size_mb(model_path),
+        "train_seconds": result["train_seconds"],
+        "precision": result["precision"],
+        "latency_ms_batch1_cpu": latency["median_ms"],
+        "latency_p90_ms_batch1_cpu": latency["p90_ms"],
+        "latency_threads": latency["threads"],
+        **extra,
+        **runs.environment_info(device),
+    }
+    runs.atomic_write_json(folder / "metrics.json", metrics)
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    return metrics
+
+
+def run_scratch(config: dict, runs_dir: str | Path | None = None, data_root: str | Path | None = None,
+                threads: int | None = None, progress: bool = False) -> dict:
+    """Train WRN-depth-width from random initialisation; return its metrics."""
+    from .models import WideResNet
+
+    def build(cfg, data, teacher):
+        torch.manual_seed(cfg.seed)
+        return WideResNet(cfg.depth, cfg.width, data.num_classes, cfg.dropout), None, {}
+
+    return execute_run(config, build, runs_dir=runs_dir, data_root=data_root, threads=threads,
+                       progress=progress)
