@@ -1,0 +1,172 @@
+"""The `wrnlib` command: reproduce, grid, run, book, status.
+
+User errors (bad paths, unknown names, failed runs) print one message and exit
+with status 1; `--debug` shows the traceback instead. Ctrl-C exits with 130
+and leaves every run resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import WrnlibError
+
+__all__ = ["main"]
+
+
+def _add_common(parser: argparse.ArgumentParser, data: bool = True) -> None:
+    from .grid import DEFAULT_PROFILE, PROFILES
+
+    parser.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help=f"grid size: {', '.join(PROFILES)} (default: {DEFAULT_PROFILE})")
+    parser.add_argument("--runs-dir", default=None,
+                        help="run store root (default: $WRNLIB_RUNS, else runs/ in the project)")
+    if data:
+        parser.add_argument("--data-root", default=None,
+                            help="folder holding cifar10/ or cifar10.tar.gz (likewise cifar100), or "
+                                 "torchvision's files (default: $WRNLIB_DATA_ROOT, else a download into "
+                                 "~/.cache/wrnlib/data)")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+
+
+def _add_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs executed side by side; each gets cpu_count/jobs threads (default: 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wrnlib",
+        description="Compress Wide-ResNets on CIFAR by knowledge distillation and node pruning, "
+                    "and publish the results as a Jupyter Book.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("reproduce", help="execute every missing run of a profile, then build the book")
+    _add_common(p)
+    _add_jobs(p)
+    p.add_argument("--output", default=None, help="folder that receives _build/html (default: the project)")
+
+    p = sub.add_parser("grid", help="execute every missing run of a profile (teachers first)")
+    _add_common(p)
+    _add_jobs(p)
+
+    p = sub.add_parser("run", help="execute one run of a profile through its notebook, as the grid would")
+    p.add_argument("run_id", help="run id, as listed by `wrnlib status`")
+    _add_common(p)
+
+    p = sub.add_parser("book", help="build the book of a profile from the run store")
+    _add_common(p, data=False)
+    p.add_argument("--output", default=None, help="folder that receives _build/html (default: the project)")
+
+    p = sub.add_parser("status", help="list the runs of a profile with their state and results")
+    _add_common(p, data=False)
+    return parser
+
+
+def _data_root(args) -> str | None:
+    root = args.data_root or os.environ.get("WRNLIB_DATA_ROOT")
+    if root and not Path(root).expanduser().is_dir():
+        raise WrnlibError(f"data root {root} does not exist or is not a folder. Pass an existing folder with "
+                          "--data-root (or WRNLIB_DATA_ROOT), e.g. one holding cifar10.tar.gz.")
+    return root
+
+
+def cmd_grid(args) -> None:
+    from .grid import execute_grid
+
+    summary = execute_grid(args.profile, args.runs_dir, _data_root(args), jobs=args.jobs)
+    print(f"profile {summary['profile']}: {summary['executed']} run(s) executed, {summary['skipped']} "
+          f"already done, {summary['seconds']:.0f} s")
+
+
+def cmd_book(args) -> None:
+    from .book import build_book
+
+    started = time.perf_counter()
+    index = build_book(args.profile, args.runs_dir, args.output)
+    print(f"book of profile {args.profile} built in {time.perf_counter() - started:.0f} s: {index}")
+
+
+def cmd_reproduce(args) -> None:
+    started = time.perf_counter()
+    cmd_grid(args)
+    cmd_book(args)
+    print(f"reproduce finished in {time.perf_counter() - started:.0f} s")
+
+
+def cmd_run(args) -> None:
+    from . import runs
+    from .grid import execute_run_notebook, find_run, spec_state
+
+    spec = find_run(args.profile, args.run_id)
+    root = runs.runs_root(args.runs_dir)
+    if spec_state(root, spec) == "done":
+        print(f"run {spec.run_id} is already done ({runs.run_dir(root, args.profile, spec.run_id)}); "
+              "delete that folder to run it again")
+        return
+    for dep in spec.depends_on:
+        dep_spec = find_run(args.profile, dep)
+        if spec_state(root, dep_spec) != "done":
+            raise WrnlibError(f"run {spec.run_id} needs its teacher run {dep}, which is not done. "
+                              f"Run it first: wrnlib run {dep} --profile {args.profile}")
+    started = time.perf_counter()
+    path = execute_run_notebook(spec, root, _data_root(args))
+    metrics = runs.read_metrics(path.parent)
+    print(f"run {spec.run_id} done in {time.perf_counter() - started:.0f} s: test accuracy "
+          f"{metrics['test_acc']:.2f} %, notebook {path}")
+
+
+def cmd_status(args) -> None:
+    from . import runs
+    from .grid import get_profile, plan_runs, spec_state
+
+    profile = get_profile(args.profile)
+    root = runs.runs_root(args.runs_dir)
+    specs = plan_runs(profile)
+    width = max(len(s.run_id) for s in specs)
+    print(f"profile {profile.name}: {profile.description}")
+    print(f"run store: {root / profile.name}")
+    print(f"{'run':<{width}}  {'state':<8}  {'test acc':>8}  {'time (s)':>9}")
+    counts = {"done": 0, "partial": 0, "missing": 0}
+    for spec in specs:
+        state = spec_state(root, spec)
+        counts[state] += 1
+        metrics = runs.read_metrics(runs.run_dir(root, profile.name, spec.run_id)) or {}
+        acc = f"{metrics['test_acc']:.2f}" if "test_acc" in metrics else "-"
+        seconds = f"{metrics['train_seconds']:.0f}" if "train_seconds" in metrics else "-"
+        if state == "partial":
+            epochs = len(runs.read_history(runs.run_dir(root, profile.name, spec.run_id)))
+            seconds = f"{epochs}/{spec.config['epochs']} ep"
+        print(f"{spec.run_id:<{width}}  {state:<8}  {acc:>8}  {seconds:>9}")
+    print(f"{counts['done']} done, {counts['partial']} partial, {counts['missing']} missing")
+
+
+COMMANDS = {"reproduce": cmd_reproduce, "grid": cmd_grid, "run": cmd_run, "book": cmd_book, "status": cmd_status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except WrnlibError as exc:
+        if args.debug:
+            raise
+        print(f"wrnlib {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"\nwrnlib {args.command}: interrupted; finished epochs are checkpointed, rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
