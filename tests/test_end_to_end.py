@@ -1,0 +1,86 @@
+"""The smoke profile end to end: real images, papermill runs, a -W Jupyter Book build."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wrnlib.grid import plan_runs
+from wrnlib.runs import REQUIRED_METRICS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_root):
+    base = tmp_path_factory.mktemp("smoke")
+    runs_dir, output = base / "runs", base / "out"
+    command = [sys.executable, "-m", "wrnlib.cli", "reproduce", "--profile", "smoke", "--data-root",
+               str(data_root), "--runs-dir", str(runs_dir), "--output", str(output)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"runs": runs_dir, "html": output / "_build" / "html", "command": command, "stdout": proc.stdout}
+
+
+def _page_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def test_every_run_done_with_required_metrics(smoke):
+    for spec in plan_runs("smoke"):
+        folder = smoke["runs"] / "smoke" / spec.run_id
+        metrics = json.loads((folder / "metrics.json").read_text())
+        missing = [k for k in REQUIRED_METRICS if k not in metrics]
+        assert not missing, (spec.run_id, missing)
+        assert metrics["method"] == spec.config["method"]
+        assert (folder / f"{spec.run_id}.ipynb").is_file()
+        assert (folder / "history.csv").is_file()
+        assert (folder / "model.pt").is_file()
+        assert not (folder / "checkpoint.pt").exists()
+
+
+def test_pruned_run_reports_extra_shortcut(smoke):
+    metrics = json.loads((smoke["runs"] / "smoke" / "cifar10-prune-wrn10-2-to-1-l1-oneshot-s0" /
+                          "metrics.json").read_text())
+    assert metrics["extra_params"] == 256
+    assert metrics["extra_shortcut_layers"] == ["group1"]
+    assert metrics["widths_after"] == [16, 32, 64]
+
+
+def test_book_has_every_run_page_with_a_figure(smoke):
+    for spec in plan_runs("smoke"):
+        page = smoke["html"] / "book" / "runs" / f"{spec.run_id}.html"
+        assert page.is_file(), page
+        html = _page_text(page)
+        assert len(re.findall(r"<img ", html)) >= 1, spec.run_id
+        assert "&lt;Figure size" not in html
+        assert "<Figure size" not in html
+        assert f"<h1>{spec.run_id}" in html
+
+
+def test_book_results_tables_and_language(smoke):
+    results = _page_text(smoke["html"] / "book" / "results.html")
+    assert results.count("<table") >= 2
+    assert "cifar10: results" in results
+    assert "cifar100: results" in results
+    assert 'lang="ko"' in results
+    assert "miniature" in results
+    for page in smoke["html"].rglob("*.html"):
+        text = _page_text(page)
+        assert "&lt;Figure size" not in text, page
+
+
+def test_book_numbers_are_glued(smoke):
+    discussion = _page_text(smoke["html"] / "book" / "discussion.html")
+    assert "summary.ipynb::" not in discussion
+    text = re.sub(r"<[^>]+>", "", discussion)
+    assert re.search(r"KD는 scratch\s+대비 [+-]\d+\.\d\d %p", text)
+
+
+def test_second_reproduce_skips_finished_runs(smoke):
+    proc = subprocess.run(smoke["command"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "0 run(s) executed, 8 already done" in proc.stdout
