@@ -102,12 +102,15 @@ def _restore_rng(state: dict, generator: torch.Generator, device: torch.device) 
 CHECKPOINT_KEYS = ("epoch", "arch", "model", "optimizer", "scheduler", "rng", "history")
 
 
-def _load_checkpoint(path: Path, device: torch.device, model: nn.Module, run_id: str) -> dict | None:
+def _load_checkpoint(path: Path, model: nn.Module, run_id: str) -> dict | None:
     """Load `path` if it exists and belongs to `model`; raise RunError that explains how to start over."""
     if not path.is_file():
         return None
     remedy = f"Delete it to restart run {run_id} from epoch 0."
-    checkpoint = runs.load_trusted(path, "checkpoint", remedy, map_location=device)
+    # Loaded to the CPU because random-generator states must be CPU ByteTensors;
+    # load_state_dict copies weights and optimiser state to the model's device.
+    # NOTE: resuming on CUDA has no test here; the tests run on CPU only.
+    checkpoint = runs.load_trusted(path, "checkpoint", remedy, map_location="cpu")
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise RunError(f"checkpoint {path} is not a wrnlib training checkpoint (missing: {', '.join(missing)}). "
@@ -154,7 +157,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
     history: list[dict] = []
     start_epoch = 0
     checkpoint_path = folder / "checkpoint.pt"
-    checkpoint = _load_checkpoint(checkpoint_path, device, model, cfg.run_id)
+    checkpoint = _load_checkpoint(checkpoint_path, model, cfg.run_id)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
