@@ -219,8 +219,10 @@ def test_damaged_model_file_reported(tmp_path):
 @pytest.mark.parametrize("change,message", [
     ({"width": 0}, "invalid WRN width 0: the widening factor must be an integer >= 1"),
     ({"depth": 11}, r"invalid WRN depth 11: depth must be 6n\+4"),
-    ({"method": "prune", "teacher_run_id": "t", "pruning_ratio": 0.0}, r"pruning_ratio must be in \(0, 1\), got 0.0"),
-    ({"method": "prune", "teacher_run_id": "t", "pruning_ratio": 1}, r"pruning_ratio must be in \(0, 1\), got 1"),
+    ({"method": "prune", "teacher_run_id": "t", "pruning_ratio": 0.0},
+     r"pruning_ratio must be in \(0, 1\), got 0.0"),
+    ({"method": "prune", "teacher_run_id": "t", "pruning_ratio": 1},
+     r"pruning_ratio must be in \(0, 1\), got 1"),
     ({"dataset": "mnist"}, "unknown data set 'mnist'; choose one of cifar10, cifar100"),
     ({"lr": 0.0}, "lr must be > 0, got 0.0"),
     ({"train_subset": 0}, "train_subset must be >= 1 or None"),

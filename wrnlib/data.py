@@ -276,6 +276,8 @@ def load_cifar(name: str, data_root: str | Path | None = None, download: bool = 
         cdir.mkdir(parents=True, exist_ok=True)
         from .runs import atomic_torch_save
 
+        # NOTE: a process killed during this write leaves its temporary file (about 185 MB per
+        # data set) in the cache folder; nothing deletes it.
         atomic_torch_save({
             "train_x": arrays.train_x, "train_y": arrays.train_y,
             "test_x": arrays.test_x, "test_y": arrays.test_y,
