@@ -1,7 +1,9 @@
+import json
+
 import pytest
 
 from wrnlib.errors import ConfigError
-from wrnlib.grid import PROFILES, find_run, get_profile, plan_runs
+from wrnlib.grid import PROFILES, PROFILES_ENV, find_run, get_profile, plan_runs
 from wrnlib.models import WideResNet
 from wrnlib.prune import prune_model
 
@@ -57,3 +59,67 @@ def test_unknown_profile_lists_valid_names():
 def test_unknown_run_lists_valid_ids():
     with pytest.raises(ConfigError, match="unknown run id 'nope' in profile smoke. Valid run ids: cifar10-"):
         find_run("smoke", "nope")
+
+
+TINY = {"name": "tiny", "datasets": ["cifar10"], "depth": 10, "pairs": [[2, 1, 0.5]], "epochs": 5,
+        "train_subset": 300, "val_size": 100, "test_subset": 100}
+
+
+def _profile_file(tmp_path, monkeypatch, content):
+    path = tmp_path / "profiles.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    monkeypatch.setenv(PROFILES_ENV, str(path))
+    return path
+
+
+def test_profile_file_registers_profile(tmp_path, monkeypatch):
+    _profile_file(tmp_path, monkeypatch, [TINY])
+    profile = get_profile("tiny")
+    assert profile.depth == 10
+    assert profile.milestones == (2, 3, 4)
+    assert [s.run_id for s in plan_runs("tiny")] == [
+        "cifar10-scratch-wrn10-2-s0", "cifar10-scratch-wrn10-1-s0", "cifar10-kd-wrn10-2-to-1-s0",
+        "cifar10-prune-wrn10-2-to-1-l1-oneshot-s0"]
+    assert find_run("tiny", "cifar10-scratch-wrn10-1-s0").config["train_subset"] == 300
+
+
+def test_unknown_profile_lists_file_profiles(tmp_path, monkeypatch):
+    _profile_file(tmp_path, monkeypatch, TINY)
+    with pytest.raises(ConfigError, match="choose one of smoke, quick, paper, tiny"):
+        get_profile("huge")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+    ({"depth": 12}, r"invalid WRN depth 12: depth must be 6n\+4"),
+    ({"depth": "28"}, "field 'depth' must be int, got '28'"),
+    ({"pairs": [[0, 1, 0.5]]}, "invalid WRN width 0"),
+    ({"pairs": [[2, 1, 1.5]]}, r"pruning ratio 1.5; it must be in \(0, 1\)"),
+    ({"pairs": [[4, 3, 0.5]]}, r"turns width 4 into \[32, 64, 128\] channels per group, not the \[48, 96, 192\]"),
+    ({"name": "quick"}, "belongs to a built-in profile"),
+    ({"name": "a/b"}, "field 'name' must be a name of letters"),
+    ({"datasets": ["mnist"]}, "unknown data set 'mnist'"),
+])
+def test_profile_file_errors(tmp_path, monkeypatch, change, message):
+    path = _profile_file(tmp_path, monkeypatch, {**TINY, **change})
+    with pytest.raises(ConfigError, match=message) as info:
+        get_profile("tiny")
+    assert str(path) in str(info.value)
+
+
+def test_profile_file_missing_field(tmp_path, monkeypatch):
+    _profile_file(tmp_path, monkeypatch, {k: v for k, v in TINY.items() if k != "depth"})
+    with pytest.raises(ConfigError, match=r"missing field\(s\) \['depth'\]"):
+        get_profile("tiny")
+
+
+def test_profile_file_not_json(tmp_path, monkeypatch):
+    path = _profile_file(tmp_path, monkeypatch, "{name: tiny")
+    with pytest.raises(ConfigError, match=f"profile file {path} is not valid JSON"):
+        get_profile("tiny")
+
+
+def test_profile_file_not_found(tmp_path, monkeypatch):
+    monkeypatch.setenv(PROFILES_ENV, str(tmp_path / "nowhere.json"))
+    with pytest.raises(ConfigError, match="cannot read the profile file"):
+        get_profile("tiny")

@@ -1,12 +1,18 @@
+import errno
+import os
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from wrnlib import runs
 from wrnlib.data import prepare_data
-from wrnlib.errors import RunError
+from wrnlib.distill import run_distillation
+from wrnlib.errors import RunError, StoreError
 from wrnlib.models import WideResNet
-from wrnlib.runs import RunConfig
-from wrnlib.train import fit, resolve_precision
+from wrnlib.runs import REQUIRED_METRICS, RunConfig
+from wrnlib.train import fit, prepare_run_folder, resolve_precision, run_scratch
 
 TIMING_COLUMNS = {"seconds", "val_seconds", "images_per_second"}
 
@@ -104,3 +110,139 @@ def test_precision_resolution():
     assert resolve_precision("auto", cpu) in ("bf16", "fp32")
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp8", cpu)
+
+
+def test_same_seed_gives_identical_history(tmp_path, tiny_data):
+    cfg = _config(epochs=2)
+    _train(cfg, tiny_data, tmp_path / "a")
+    _train(cfg, tiny_data, tmp_path / "b")
+    first, second = runs.read_history(tmp_path / "a"), runs.read_history(tmp_path / "b")
+    assert set(first[0]) >= TIMING_COLUMNS
+    assert len(first) == 2
+    assert _without_timing(first) == _without_timing(second)
+
+
+class _TouchOnLoad:
+    """Pickles as a call of Path.touch: loading it without weights_only creates `path`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_checkpoint_needing_code_rejected(tmp_path, tiny_data):
+    _train(_config(epochs=1), tiny_data, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    marker = tmp_path / "code-ran"
+    blob = torch.load(checkpoint, weights_only=True)
+    blob["history"] = _TouchOnLoad(marker)
+    torch.save(blob, checkpoint)
+
+    with pytest.raises(RunError) as info:
+        _train(_config(epochs=2), tiny_data, tmp_path / "run")
+    message = str(info.value)
+    assert re.search(r"needs arbitrary code to load \(it contains the Python object [\w.]+\)", message)
+    assert "Delete it to restart run resume-test from epoch 0" in message
+    assert not marker.exists()
+    # The payload is real: an unsafe load runs it.
+    torch.load(checkpoint, weights_only=False)
+    assert marker.exists()
+
+
+def test_damaged_checkpoint_reported(tmp_path, tiny_data):
+    _train(_config(epochs=1), tiny_data, tmp_path)
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(RunError, match=r"checkpoint .*checkpoint.pt is damaged or not a file written by "
+                                       r"torch.save .*Delete it to restart run resume-test from epoch 0"):
+        _train(_config(epochs=2), tiny_data, tmp_path)
+
+
+def test_checkpoint_of_other_class_count_rejected(tmp_path, tiny_data):
+    torch.manual_seed(0)
+    fit(WideResNet(10, 1, 100), tiny_data, _config(epochs=1), tmp_path, device=torch.device("cpu"))
+    with pytest.raises(RunError, match="was saved by a model with 100 classes, but run resume-test trains a "
+                                       "model with 10 classes"):
+        _train(_config(epochs=2), tiny_data, tmp_path)
+
+
+def test_changed_settings_rejected_on_resume(tmp_path):
+    cfg = _config(epochs=3)
+    folder = prepare_run_folder(cfg, tmp_path)
+    (folder / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(RunError, match=r"was made with other settings \(changed: epochs, lr\)"):
+        prepare_run_folder(_config(epochs=4, lr=0.05), tmp_path)
+
+
+# --------------------------------------------------------------------------
+# Whole runs through the API
+# --------------------------------------------------------------------------
+
+def _scratch_config(**overrides):
+    settings = dict(run_id="api-run", profile="test", dataset="cifar10", method="scratch", depth=10, width=1,
+                    epochs=3, milestones=[2], batch_size=64, val_size=100, train_subset=256, test_subset=100,
+                    precision="fp32", latency_repeats=2)
+    settings.update(overrides)
+    return settings
+
+
+def test_teacher_of_other_class_count_rejected(tmp_path, data_root):
+    teacher_dir = runs.run_dir(tmp_path, "test", "cifar100-teacher")
+    runs.save_model(WideResNet(10, 2, 100), teacher_dir / "model.pt")
+    runs.atomic_write_json(teacher_dir / "metrics.json", {**{k: 0 for k in REQUIRED_METRICS},
+                                                          "dataset": "cifar100"})
+    config = _scratch_config(run_id="kd-run", method="kd", teacher_run_id="cifar100-teacher")
+    with pytest.raises(RunError) as info:
+        run_distillation(config, runs_dir=tmp_path, data_root=data_root)
+    message = str(info.value)
+    assert "run kd-run trains on cifar10 (10 classes)" in message
+    assert "teacher run cifar100-teacher is a 100-class model (trained on cifar100)" in message
+    assert not runs.run_dir(tmp_path, "test", "kd-run").exists()
+
+
+def test_disk_full_mid_run_keeps_last_epoch(tmp_path, data_root, monkeypatch):
+    real_save = torch.save
+
+    def save_until_disk_full(obj, fh, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            fh.write(b"the first bytes of a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_disk_full)
+    with pytest.raises(StoreError, match=r"cannot write .*checkpoint.pt: no space left on its device"):
+        run_scratch(_scratch_config(), runs_dir=tmp_path, data_root=data_root)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    folder = runs.run_dir(tmp_path, "test", "api-run")
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "config.json", "history.csv",
+                                                         runs.TRAIN_LOCK]
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert [r["epoch"] for r in runs.read_history(folder)] == [1]
+    assert runs.run_state(tmp_path, "test", "api-run") == "partial"
+
+    metrics = run_scratch(_scratch_config(), runs_dir=tmp_path, data_root=data_root)
+    assert [r["epoch"] for r in runs.read_history(folder)] == [1, 2, 3]
+    assert metrics["epochs"] == 3
+    assert runs.run_state(tmp_path, "test", "api-run") == "done"
+    assert not (folder / "checkpoint.pt").exists()
+
+
+def test_read_only_store_leaves_nothing(tmp_path, data_root, monkeypatch):
+    store = tmp_path / "store"
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def read_only_in_store(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(str(store)):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "mkdir", read_only_in_store(real_mkdir))
+    monkeypatch.setattr(os, "open", read_only_in_store(real_open))
+    with pytest.raises(StoreError, match=r"the file system is read-only\. Pass a writable --runs-dir"):
+        run_scratch(_scratch_config(), runs_dir=store, data_root=data_root)
+    assert not store.exists()

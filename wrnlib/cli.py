@@ -1,19 +1,20 @@
 """The `wrnlib` command: reproduce, grid, run, book, status.
 
-User errors (bad paths, unknown names, failed runs) print one message and exit
-with status 1; `--debug` shows the traceback instead. Ctrl-C exits with 130
-and leaves every run resumable.
+User errors (bad paths, unknown names, failed runs, a full or read-only run
+store) print one message and exit with status 1; `--debug` shows the traceback
+instead. Ctrl-C exits with 130 and leaves every run resumable.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from .errors import WrnlibError
+from .errors import ConfigError, WrnlibError
 
 __all__ = ["main"]
 
@@ -22,7 +23,8 @@ def _add_common(parser: argparse.ArgumentParser, data: bool = True) -> None:
     from .grid import DEFAULT_PROFILE, PROFILES
 
     parser.add_argument("--profile", default=DEFAULT_PROFILE,
-                        help=f"grid size: {', '.join(PROFILES)} (default: {DEFAULT_PROFILE})")
+                        help=f"grid size: {', '.join(PROFILES)}, or a profile defined in the JSON file named by "
+                             f"$WRNLIB_PROFILES (default: {DEFAULT_PROFILE})")
     parser.add_argument("--runs-dir", default=None,
                         help="run store root (default: $WRNLIB_RUNS, else runs/ in the project)")
     if data:
@@ -76,10 +78,40 @@ def _data_root(args) -> str | None:
     return root
 
 
+def _runs_root(args) -> Path:
+    """Return the run store root, rejecting a path that is a file."""
+    from .runs import runs_root
+
+    root = runs_root(args.runs_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"run store {root} is a file, not a folder. Pass a folder with --runs-dir "
+                          "(or WRNLIB_RUNS); it is created if missing.")
+    return root
+
+
+def _check_book_output(args) -> None:
+    """Reject a book output folder that overlaps the run store.
+
+    A build deletes and rewrites `<output>/_build`, so a run store inside it
+    would be deleted, and book files inside the run store would mix with runs.
+    """
+    from .runs import project_root
+
+    root = _runs_root(args).resolve()
+    output = Path(args.output).expanduser().resolve() if args.output else project_root()
+    build = output / "_build"
+    if root == build or build in root.parents:
+        raise ConfigError(f"the run store {root} lies inside {build}, which every book build deletes. "
+                          "Pass another --output or --runs-dir.")
+    if output == root or root in output.parents:
+        raise ConfigError(f"the book output folder {output} is inside the run store {root}. Pass an --output "
+                          "outside it.")
+
+
 def cmd_grid(args) -> None:
     from .grid import execute_grid
 
-    summary = execute_grid(args.profile, args.runs_dir, _data_root(args), jobs=args.jobs)
+    summary = execute_grid(args.profile, _runs_root(args), _data_root(args), jobs=args.jobs)
     print(f"profile {summary['profile']}: {summary['executed']} run(s) executed, {summary['skipped']} "
           f"already done, {summary['seconds']:.0f} s")
 
@@ -87,12 +119,14 @@ def cmd_grid(args) -> None:
 def cmd_book(args) -> None:
     from .book import build_book
 
+    _check_book_output(args)
     started = time.perf_counter()
-    index = build_book(args.profile, args.runs_dir, args.output)
+    index = build_book(args.profile, _runs_root(args), args.output)
     print(f"book of profile {args.profile} built in {time.perf_counter() - started:.0f} s: {index}")
 
 
 def cmd_reproduce(args) -> None:
+    _check_book_output(args)
     started = time.perf_counter()
     cmd_grid(args)
     cmd_book(args)
@@ -104,7 +138,8 @@ def cmd_run(args) -> None:
     from .grid import execute_run_notebook, find_run, spec_state
 
     spec = find_run(args.profile, args.run_id)
-    root = runs.runs_root(args.runs_dir)
+    root = _runs_root(args)
+    data_root = _data_root(args)
     if spec_state(root, spec) == "done":
         print(f"run {spec.run_id} is already done ({runs.run_dir(root, args.profile, spec.run_id)}); "
               "delete that folder to run it again")
@@ -115,7 +150,7 @@ def cmd_run(args) -> None:
             raise WrnlibError(f"run {spec.run_id} needs its teacher run {dep}, which is not done. "
                               f"Run it first: wrnlib run {dep} --profile {args.profile}")
     started = time.perf_counter()
-    path = execute_run_notebook(spec, root, _data_root(args))
+    path = execute_run_notebook(spec, root, data_root)
     metrics = runs.read_metrics(path.parent)
     print(f"run {spec.run_id} done in {time.perf_counter() - started:.0f} s: test accuracy "
           f"{metrics['test_acc']:.2f} %, notebook {path}")
@@ -126,7 +161,7 @@ def cmd_status(args) -> None:
     from .grid import get_profile, plan_runs, spec_state
 
     profile = get_profile(args.profile)
-    root = runs.runs_root(args.runs_dir)
+    root = _runs_root(args)
     specs = plan_runs(profile)
     width = max(len(s.run_id) for s in specs)
     print(f"profile {profile.name}: {profile.description}")
@@ -149,15 +184,49 @@ def cmd_status(args) -> None:
 COMMANDS = {"reproduce": cmd_reproduce, "grid": cmd_grid, "run": cmd_run, "book": cmd_book, "status": cmd_status}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A log handler that writes to whatever sys.stderr is when a record is emitted."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _configure_logging() -> None:
+    """Show wrnlib's log messages (lock waits, skipped runs) on stderr."""
+    logger = logging.getLogger("wrnlib")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("wrnlib: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .runs import STORAGE_ERRNOS, store_error
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging()
     try:
         COMMANDS[args.command](args)
     except WrnlibError as exc:
         if args.debug:
             raise
         print(f"wrnlib {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A full disk or a read-only folder met outside the run store's own writes (papermill, the book).
+        if args.debug or exc.errno not in STORAGE_ERRNOS:
+            raise
+        print(f"wrnlib {args.command}: error: {store_error(exc, exc.filename or 'a file')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if args.debug:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 __all__ = [
     "DATASETS",
@@ -248,6 +248,9 @@ def load_cifar(name: str, data_root: str | Path | None = None, download: bool = 
     if data_root is not None and not root.exists():
         raise DataError(f"data root {root} does not exist. Pass an existing folder with --data-root "
                         "or WRNLIB_DATA_ROOT.")
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data root {root} is a file, not a folder. Pass the folder that contains {name}.tar.gz "
+                        f"or {name}/ with --data-root or WRNLIB_DATA_ROOT.")
     kind, path = find_source(name, root, download)
     cdir = Path(cache).expanduser() if cache is not None else cache_dir()
     cache_file = cdir / f"{name}-{kind}-{_cache_key(name, kind, path) if path.exists() else 'tv'}.pt"
@@ -273,6 +276,8 @@ def load_cifar(name: str, data_root: str | Path | None = None, download: bool = 
         cdir.mkdir(parents=True, exist_ok=True)
         from .runs import atomic_torch_save
 
+        # NOTE: a process killed during this write leaves its temporary file (about 185 MB per
+        # data set) in the cache folder; nothing deletes it.
         atomic_torch_save({
             "train_x": arrays.train_x, "train_y": arrays.train_y,
             "test_x": arrays.test_x, "test_y": arrays.test_y,
@@ -364,16 +369,22 @@ def prepare_data(dataset: str, data_root: str | Path | None = None, *, val_size:
     """
     info = dataset_info(dataset)
     arrays = load_cifar(dataset, data_root, download=download)
-    rest, val_idx = stratified_split(arrays.train_y, val_size, seed)
+    try:
+        rest, val_idx = stratified_split(arrays.train_y, val_size, seed)
+    except ValueError as exc:
+        raise ConfigError(f"val_size={val_size} does not fit the {dataset} training set: {exc}") from None
     if train_subset is not None:
         if train_subset > rest.numel():
-            raise ValueError(f"train_subset={train_subset} exceeds the {rest.numel()} training images left "
-                             f"after the validation split of {val_size}")
+            raise ConfigError(f"train_subset={train_subset} exceeds the {rest.numel()} training images left "
+                              f"after the validation split of {val_size}")
         _, pick = stratified_split(arrays.train_y[rest], train_subset, seed + 1)
         rest = rest[pick]
     test_idx = torch.arange(arrays.test_y.numel())
     if test_subset is not None:
-        _, test_idx = stratified_split(arrays.test_y, test_subset, seed + 2)
+        try:
+            _, test_idx = stratified_split(arrays.test_y, test_subset, seed + 2)
+        except ValueError as exc:
+            raise ConfigError(f"test_subset={test_subset} does not fit the {dataset} test set: {exc}") from None
     test_x, test_y = arrays.test_x[test_idx], arrays.test_y[test_idx]
     if val_size == 0:
         val_x, val_y = test_x, test_y

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["WrnlibError", "DataError", "ConfigError", "RunError"]
+__all__ = ["WrnlibError", "DataError", "ConfigError", "RunError", "StoreError"]
 
 
 class WrnlibError(Exception):
@@ -19,3 +19,20 @@ class ConfigError(WrnlibError, ValueError):
 
 class RunError(WrnlibError):
     """A run that cannot start or that failed: missing teacher, failed notebook, NaN loss."""
+
+
+class StoreError(RunError, OSError):
+    """A run store that cannot be written: full disk, read-only file system, missing permission.
+
+    It is an OSError too, so code that tolerates a failed optional write (the
+    data cache) keeps catching it. `errno` and `filename` are those of the
+    underlying OSError; the message is the text given.
+    """
+
+    def __init__(self, message: str, code: int | None = None, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return str(self.args[0])

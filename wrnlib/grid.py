@@ -10,7 +10,9 @@ notebook through papermill.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -20,13 +22,17 @@ from pathlib import Path
 from . import runs
 from .errors import ConfigError, RunError
 
-__all__ = ["PROFILES", "Profile", "RunSpec", "execute_grid", "execute_run_notebook", "get_profile", "plan_runs"]
+__all__ = ["PROFILES", "PROFILES_ENV", "Profile", "RunSpec", "execute_grid", "execute_run_notebook",
+           "extra_profiles", "get_profile", "plan_runs", "profile_from_dict"]
+
+log = logging.getLogger("wrnlib")
 
 NOTEBOOK_FOR_METHOD = {"scratch": "train", "kd": "distill", "prune": "prune"}
 
 # Kernel command-line options: keep the kernel's own start-up warnings (it
-# listens on loopback TCP) out of the grid's progress output.
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# listens on loopback TCP) and its shutdown errors after an interrupt out of
+# the grid's output.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 @dataclass(frozen=True)
@@ -149,13 +155,145 @@ PROFILES: dict[str, Profile] = {
 
 DEFAULT_PROFILE = "quick"
 
+# A JSON file with more profiles: a list of objects (or one object) whose keys
+# are Profile fields, with "pairs" as [teacher_width, student_width,
+# pruning_ratio] triples. Tests and users register profiles of their own size with it.
+PROFILES_ENV = "WRNLIB_PROFILES"
+
+_PROFILE_FIELD_KINDS = {
+    "name": "name", "description": "text", "datasets": "texts", "depth": "int", "pairs": "pairs",
+    "epochs": "int", "milestones": "ints", "train_subset": "int or null", "val_size": "int",
+    "test_subset": "int or null", "seeds": "ints", "batch_size": "int", "lr": "number",
+    "lr_gamma": "number", "momentum": "number", "weight_decay": "number", "latency_repeats": "int",
+    "miniature": "bool",
+}
+_REQUIRED_PROFILE_FIELDS = ("name", "datasets", "depth", "pairs", "epochs")
+
 
 def get_profile(name: str) -> Profile:
-    """Return the named profile or raise ConfigError listing the valid names."""
-    try:
+    """Return the named profile (built in, or from the WRNLIB_PROFILES file) or raise ConfigError."""
+    if name in PROFILES:
         return PROFILES[name]
-    except KeyError:
-        raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}") from None
+    extra = extra_profiles()
+    if name in extra:
+        return extra[name]
+    raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join([*PROFILES, *extra])}, or define "
+                      f"it in a JSON file named by {PROFILES_ENV}")
+
+
+def extra_profiles() -> dict[str, Profile]:
+    """Return the profiles defined in the JSON file named by WRNLIB_PROFILES (none when it is unset)."""
+    import json
+
+    path_text = os.environ.get(PROFILES_ENV)
+    if not path_text:
+        return {}
+    path = Path(path_text).expanduser()
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{PROFILES_ENV}={path_text}: cannot read the profile file ({exc.strerror}). "
+                          f"Point {PROFILES_ENV} at a JSON file or unset it.") from None
+    except ValueError as exc:
+        raise ConfigError(f"profile file {path} is not valid JSON: {exc}") from None
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list):
+        raise ConfigError(f"profile file {path} must hold a JSON object or a list of objects, "
+                          f"not {type(entries).__name__}")
+    profiles: dict[str, Profile] = {}
+    for entry in entries:
+        profile = profile_from_dict(entry, path)
+        if profile.name in profiles:
+            raise ConfigError(f"profile file {path} defines profile {profile.name!r} twice")
+        profiles[profile.name] = profile
+    return profiles
+
+
+def _check_kind(key: str, value, kind: str) -> bool:
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if kind in ("name", "text"):
+        return isinstance(value, str) and (kind == "text" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value))
+    if kind == "texts":
+        return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+    if kind == "int":
+        return is_int(value)
+    if kind == "int or null":
+        return value is None or is_int(value)
+    if kind == "ints":
+        return isinstance(value, list) and all(is_int(v) for v in value)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "pairs":
+        return (isinstance(value, list) and bool(value) and all(
+            isinstance(p, list) and len(p) == 3 and is_int(p[0]) and is_int(p[1])
+            and isinstance(p[2], (int, float)) and not isinstance(p[2], bool) for p in value))
+    raise AssertionError(kind)
+
+
+def profile_from_dict(entry: dict, source: str | Path = "<dict>") -> Profile:
+    """Build and check a Profile from JSON-like data; raise ConfigError naming `source` and the field."""
+    from .models import GROUP_BASE_CHANNELS
+    from .prune import kept_channels
+
+    if not isinstance(entry, dict):
+        raise ConfigError(f"profile file {source}: each profile must be a JSON object, got {entry!r}")
+    where = f"profile {entry.get('name', '?')!r} in {source}"
+    unknown = sorted(set(entry) - set(_PROFILE_FIELD_KINDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(_PROFILE_FIELD_KINDS)}")
+    missing = [k for k in _REQUIRED_PROFILE_FIELDS if k not in entry]
+    if missing:
+        raise ConfigError(f"{where}: missing field(s) {missing}")
+    for key, value in entry.items():
+        kind = _PROFILE_FIELD_KINDS[key]
+        if not _check_kind(key, value, kind):
+            expected = {"name": "a name of letters, digits, '_', '.' or '-'",
+                        "pairs": "a list of [teacher_width, student_width, pruning_ratio]"}.get(kind, kind)
+            raise ConfigError(f"{where}: field {key!r} must be {expected}, got {value!r}")
+    if entry["name"] in PROFILES:
+        raise ConfigError(f"{where}: the name {entry['name']!r} belongs to a built-in profile; choose another")
+
+    settings = dict(entry)
+    settings.setdefault("description", f"custom profile from {source}")
+    settings["datasets"] = tuple(settings["datasets"])
+    settings["pairs"] = tuple(Pair(*p) for p in settings["pairs"])
+    settings["milestones"] = tuple(settings.get("milestones") or _milestones(settings["epochs"]))
+    settings.setdefault("train_subset", None)
+    settings.setdefault("val_size", 5000)
+    settings.setdefault("test_subset", None)
+    if "seeds" in settings:
+        if not settings["seeds"]:
+            raise ConfigError(f"{where}: field 'seeds' must list at least one seed")
+        settings["seeds"] = tuple(settings["seeds"])
+    profile = Profile(**settings)
+
+    for pair in profile.pairs:
+        if not 0.0 < pair.pruning_ratio < 1.0:
+            raise ConfigError(f"{where}: pair {pair.teacher_width} -> {pair.student_width} has pruning ratio "
+                              f"{pair.pruning_ratio}; it must be in (0, 1)")
+        for width in (pair.teacher_width, pair.student_width):
+            if width < 1:
+                raise ConfigError(f"{where}: invalid WRN width {width}: the widening factor must be >= 1")
+        try:
+            pruned_stream = [kept_channels(base * pair.teacher_width, pair.pruning_ratio)
+                             for base in GROUP_BASE_CHANNELS]
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        student_stream = [base * pair.student_width for base in GROUP_BASE_CHANNELS]
+        if pruned_stream != student_stream:
+            raise ConfigError(f"{where}: pruning ratio {pair.pruning_ratio} turns width {pair.teacher_width} "
+                              f"into {pruned_stream} channels per group, not the {student_stream} of width "
+                              f"{pair.student_width}")
+    try:
+        plan_runs(profile)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return profile
 
 
 @dataclass
@@ -256,21 +394,39 @@ def spec_state(root: Path, spec: RunSpec) -> str:
     return state
 
 
+WRNLIB_ERROR_NAMES = ("WrnlibError", "DataError", "ConfigError", "RunError", "StoreError")
+
+
 def execute_run_notebook(spec: RunSpec, runs_dir: str | Path | None = None, data_root: str | Path | None = None,
-                         threads: int | None = None, project: Path | None = None) -> Path:
+                         threads: int | None = None, project: Path | None = None,
+                         stop: threading.Event | None = None) -> Path:
     """Execute one run's template notebook with papermill; return the executed notebook's path.
 
-    The notebook is written under a temporary name and renamed when it has run
-    to the end, so a run folder contains an executed notebook only for a run
-    that finished. Raises RunError naming the run, the notebook and the error.
+    The caller holds the run's run.lock meanwhile: while another process holds
+    it, this waits (logging that process's pid and host) and then skips the run
+    if that process finished it. Setting `stop` ends the wait with
+    KeyboardInterrupt. The notebook is written under a temporary name and
+    renamed when it has run to the end, so a run folder contains an executed
+    notebook only for a run that finished. Raises RunError naming the run, the
+    notebook and the error.
     """
-    import papermill
-
     project = project or runs.project_root()
     root = runs.runs_root(runs_dir).resolve()
     template = notebook_path(project, spec.notebook)
     final = executed_notebook(root, spec)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    runs.make_dirs(final.parent)
+    with runs.RunLock(final.parent / runs.RUN_LOCK, f"run {spec.run_id}", stop=stop):
+        if spec_state(root, spec) == "done":
+            log.info("run %s was finished by another process meanwhile; skipped", spec.run_id)
+            return final
+        _execute_locked(spec, root, template, final, data_root, threads)
+    return final
+
+
+def _execute_locked(spec: RunSpec, root: Path, template: Path, final: Path, data_root: str | Path | None,
+                    threads: int | None) -> None:
+    import papermill
+
     partial = final.with_name(f"{spec.run_id}.partial.ipynb")
     parameters = {
         "run_id": spec.run_id,
@@ -286,12 +442,22 @@ def execute_run_notebook(spec: RunSpec, runs_dir: str | Path | None = None, data
             extra_arguments=KERNEL_ARGUMENTS, progress_bar=False, cwd=str(final.parent),
         )
     except papermill.PapermillExecutionError as exc:
+        if exc.ename in WRNLIB_ERROR_NAMES:
+            # The kernel raised one of wrnlib's own errors, whose message already states what to do.
+            message = exc.evalue if spec.run_id in exc.evalue else f"run {spec.run_id}: {exc.evalue}"
+            raise RunError(f"{message} (notebook with the full output: {partial})") from None
         raise RunError(f"run {spec.run_id} failed in notebook {partial}: {exc.ename}: {exc.evalue}") from None
+    except OSError as exc:
+        if exc.errno in runs.STORAGE_ERRNOS:
+            raise runs.store_error(exc, partial) from exc
+        raise RunError(f"run {spec.run_id} failed in notebook {partial}: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # kernel start failures, dead kernels, timeouts
         raise RunError(f"run {spec.run_id} failed in notebook {partial}: {type(exc).__name__}: {exc}") from None
-    _retitle(partial, spec.run_id)
-    os.replace(partial, final)
-    return final
+    try:
+        _retitle(partial, spec.run_id)
+        os.replace(partial, final)
+    except OSError as exc:
+        raise runs.store_error(exc, final) from exc
 
 
 def _retitle(path: Path, run_id: str) -> None:
@@ -354,6 +520,55 @@ class _EpochBars:
             self.remove(run_id)
 
 
+def _child_kernels() -> list[int]:
+    """Return the pids of the Jupyter kernels that this process started.
+
+    Kernels run in sessions of their own, so a Ctrl-C in the terminal does not
+    reach them. They are found as child processes in /proc.
+    """
+    # NOTE: without /proc (macOS) no kernel is found, and an interrupted grid waits for its running runs.
+    me = os.getpid()
+    pids = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+            cmdline = Path("/proc", entry, "cmdline").read_bytes()
+        except OSError:
+            continue
+        # /proc/PID/stat is "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == me and b"ipykernel" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def _interrupt_kernels(futures: list[Future]) -> None:
+    """Interrupt the kernels of running runs, as Jupyter's "interrupt kernel" does, until their threads end.
+
+    SIGINT raises KeyboardInterrupt in the cell a kernel is executing, so each
+    run stops within one batch and keeps its last checkpoint. A kernel between
+    two cells ignores SIGINT, so it is sent again every second. A second Ctrl-C
+    kills the kernels.
+    """
+    import signal
+
+    try:
+        while not all(f.done() for f in futures):
+            for pid in _child_kernels():
+                os.kill(pid, signal.SIGINT)
+            wait(futures, timeout=1.0)
+    except KeyboardInterrupt:
+        for pid in _child_kernels():
+            os.kill(pid, signal.SIGKILL)
+        wait(futures)
+
+
 def execute_grid(profile: Profile | str, runs_dir: str | Path | None = None, data_root: str | Path | None = None,
                  jobs: int = 1, progress: bool = True, project: Path | None = None,
                  only: list[str] | None = None) -> dict:
@@ -362,6 +577,8 @@ def execute_grid(profile: Profile | str, runs_dir: str | Path | None = None, dat
     With `jobs` > 1 independent runs execute side by side, each with
     cpu_count // jobs threads. The first failure stops new runs from starting,
     lets running ones finish, and raises RunError; finished runs stay done.
+    Ctrl-C interrupts the kernels of running runs and re-raises
+    KeyboardInterrupt once their threads have ended.
     """
     from tqdm import tqdm
 
@@ -387,38 +604,48 @@ def execute_grid(profile: Profile | str, runs_dir: str | Path | None = None, dat
     started_at = time.perf_counter()
     free_positions = list(range(1, jobs + 1))
     positions: dict[str, int] = {}
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while pending or running:
-            if not errors:
-                for spec in list(pending):
-                    if len(running) >= jobs:
+    stop = threading.Event()
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            try:
+                while pending or running:
+                    if not errors:
+                        for spec in list(pending):
+                            if len(running) >= jobs:
+                                break
+                            if all(dep in finished for dep in spec.depends_on):
+                                pending.remove(spec)
+                                positions[spec.run_id] = free_positions.pop(0)
+                                epoch_bars.add(spec, positions[spec.run_id])
+                                future = pool.submit(execute_run_notebook, spec, root, data_root, threads,
+                                                     project, stop)
+                                running[future] = spec
+                    if not running:
+                        if pending and not errors:
+                            blocked = ", ".join(s.run_id for s in pending)
+                            errors.append(f"runs {blocked} wait for teachers outside the selection")
                         break
-                    if all(dep in finished for dep in spec.depends_on):
-                        pending.remove(spec)
-                        positions[spec.run_id] = free_positions.pop(0)
-                        epoch_bars.add(spec, positions[spec.run_id])
-                        future = pool.submit(execute_run_notebook, spec, root, data_root, threads, project)
-                        running[future] = spec
-            if not running:
-                if pending and not errors:
-                    blocked = ", ".join(s.run_id for s in pending)
-                    errors.append(f"runs {blocked} wait for teachers outside the selection")
-                break
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in done:
-                spec = running.pop(future)
-                epoch_bars.remove(spec.run_id)
-                free_positions.append(positions.pop(spec.run_id))
-                free_positions.sort()
-                try:
-                    future.result()
-                except RunError as exc:
-                    errors.append(str(exc))
-                    continue
-                finished.add(spec.run_id)
-                bar.update()
-    epoch_bars.close()
-    bar.close()
+                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for future in done:
+                        spec = running.pop(future)
+                        epoch_bars.remove(spec.run_id)
+                        free_positions.append(positions.pop(spec.run_id))
+                        free_positions.sort()
+                        try:
+                            future.result()
+                        except RunError as exc:
+                            errors.append(str(exc))
+                            continue
+                        finished.add(spec.run_id)
+                        bar.update()
+            except KeyboardInterrupt:
+                # Without this the pool would wait for every running run to end.
+                stop.set()
+                _interrupt_kernels(list(running))
+                raise
+    finally:
+        epoch_bars.close()
+        bar.close()
     if errors:
         done_count = sum(1 for s in specs if spec_state(root, s) == "done")
         raise RunError("; ".join(errors) + f". {done_count} of {len(specs)} runs of profile {profile.name} "

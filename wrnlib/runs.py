@@ -8,44 +8,74 @@ next attempt resumes from its checkpoint.
 
 Every file is written to a temporary name in the same folder, flushed with
 fsync and renamed over the target, so a crash leaves either the old file or
-the new one, never half of one.
+the new one, never half of one. A write that fails because the disk is full or
+the file system is read-only raises `StoreError` and leaves no temporary file.
+
+A run being executed holds an exclusive `fcntl.flock` lock on a file in its
+folder (`RunLock`). The file records the holder's pid and host, so a second
+process that wants the same run waits and logs whom it waits for. The
+operating system drops a flock lock when its holder exits or is killed, so a
+crash never leaves a stale lock.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import logging
 import os
+import pickle
 import platform
+import re
+import socket
 import subprocess
+import sys
 import tempfile
+import threading
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, StoreError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 __all__ = [
     "METHODS",
     "REQUIRED_METRICS",
+    "RUN_LOCK",
     "RunConfig",
+    "RunLock",
+    "STORAGE_ERRNOS",
+    "TRAIN_LOCK",
     "atomic_torch_save",
     "atomic_write_json",
     "atomic_write_text",
     "environment_info",
     "load_model",
+    "load_trusted",
+    "make_dirs",
     "project_root",
     "read_history",
     "read_json",
     "read_metrics",
+    "remove_stale_temp_files",
     "run_dir",
     "run_state",
     "runs_root",
     "save_model",
+    "store_error",
 ]
+
+log = logging.getLogger("wrnlib")
 
 METHODS = ("scratch", "kd", "prune")
 
@@ -105,23 +135,81 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# errno values that mean "the run store cannot take this write", as opposed to a bug.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def store_error(exc: OSError, path: str | Path) -> StoreError:
+    """Return a StoreError that explains why `path` could not be written and what to do."""
+    path = Path(path)
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        message = (f"cannot write {path}: no space left on its device (disk full or quota reached). "
+                   "Free some space, or pass another --runs-dir (or WRNLIB_RUNS); finished epochs are kept "
+                   "and the same command resumes the run.")
+    elif code == errno.EROFS:
+        message = (f"cannot write {path}: the file system is read-only. Pass a writable --runs-dir "
+                   "(or WRNLIB_RUNS).")
+    elif code in (errno.EACCES, errno.EPERM):
+        message = (f"cannot write {path}: permission denied. Pass a --runs-dir (or WRNLIB_RUNS) that "
+                   "you may write to.")
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        message = (f"cannot create {path}: {exc.filename or 'a part of the path'} is a file, not a folder. "
+                   "Pass another --runs-dir (or WRNLIB_RUNS).")
+    else:
+        message = f"cannot write {path}: {exc.strerror or exc}."
+    return StoreError(message, code, str(path))
+
+
+def make_dirs(path: str | Path) -> Path:
+    """Create folder `path` with its parents; raise StoreError when that is impossible."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise store_error(exc, path) from exc
+    return path
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _atomic_write(path: str | Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise store_error(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as exc:
+        _unlink_quietly(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, StoreError):
+            raise store_error(exc, path) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete temporary files that a killed writer left in `folder`; return them.
+
+    Call it only while holding the folder's lock: a live writer's temporary
+    file looks the same.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        _unlink_quietly(tmp)
+        removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -214,10 +302,14 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for settings no run can use."""
+        from .data import DATASETS
         from .models import blocks_per_group, check_width
 
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"run {self.run_id}: unknown data set {self.dataset!r}; choose one of "
+                              f"{', '.join(DATASETS)}")
         try:
             blocks_per_group(self.depth)
             check_width(self.width)
@@ -227,12 +319,24 @@ class RunConfig:
             raise ConfigError(f"run {self.run_id}: method {self.method} needs a teacher_run_id")
         if self.method == "prune":
             ratio = self.pruning_ratio
-            if ratio is None or not 0.0 < float(ratio) < 1.0:
-                raise ConfigError(f"run {self.run_id}: pruning_ratio must be in (0, 1), got {ratio!r}")
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
+                raise ConfigError(f"run {self.run_id}: pruning_ratio must be in (0, 1), got {ratio!r}; it is the "
+                                  "fraction of channels removed from each pruned layer (0.5 halves the width)")
         if self.epochs < 1:
             raise ConfigError(f"run {self.run_id}: epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"run {self.run_id}: batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"run {self.run_id}: lr must be > 0, got {self.lr}")
+        if self.val_size < 0:
+            raise ConfigError(f"run {self.run_id}: val_size must be >= 0 (0 = curves use the test set), "
+                              f"got {self.val_size}")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"run {self.run_id}: {name} must be >= 1 or None (all images), got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"run {self.run_id}: dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"run {self.run_id}: precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.temperature <= 0:
@@ -257,14 +361,147 @@ def read_metrics(path: str | Path) -> dict | None:
     return metrics
 
 
+def _is_bookkeeping(path: Path) -> bool:
+    """Lock files and the notebook of a failed attempt are no part of a run's results."""
+    return path.name in (RUN_LOCK, TRAIN_LOCK) or path.name.endswith(".partial.ipynb")
+
+
 def run_state(root: str | Path, profile: str, run_id: str) -> str:
-    """Return "done", "partial" (folder exists, metrics incomplete) or "missing"."""
+    """Return "done", "partial" (training began, metrics incomplete) or "missing".
+
+    A folder that contains only lock files and the notebook of an attempt
+    that failed before training began counts as missing.
+    """
     folder = run_dir(root, profile, run_id)
     if read_metrics(folder) is not None:
         return "done"
-    if folder.is_dir() and any(folder.iterdir()):
+    if folder.is_dir() and any(not _is_bookkeeping(p) for p in folder.iterdir()):
         return "partial"
     return "missing"
+
+
+# --------------------------------------------------------------------------
+# Locks
+# --------------------------------------------------------------------------
+
+# Held by the process that executes a run's notebook (`wrnlib run`, `grid`, `reproduce`).
+RUN_LOCK = "run.lock"
+# Held by the process that trains the run: the notebook's kernel, or a script calling the API.
+TRAIN_LOCK = "train.lock"
+
+
+class RunLock:
+    """An exclusive `fcntl.flock` lock on `path`, which records the holder's pid and host.
+
+    `acquire` waits while another process holds the lock, logs once whom it
+    waits for, and polls every `poll_seconds` so that Ctrl-C and `stop` end the
+    wait. Use it as a context manager. Two RunLock objects on one file conflict
+    even inside one process, because flock locks belong to open file
+    descriptions.
+    """
+
+    def __init__(self, path: str | Path, description: str, poll_seconds: float = 0.5,
+                 stop: threading.Event | None = None) -> None:
+        self.path = Path(path)
+        self.description = description
+        self.poll_seconds = poll_seconds
+        self.stop = stop
+        self._fd: int | None = None
+
+    @staticmethod
+    def holder(path: str | Path) -> dict | None:
+        """Return the pid, host, command and start time written by the holder of `path`, if any."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            info = json.loads(text) if text.strip() else None
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    @staticmethod
+    def describe_holder(info: dict | None) -> str:
+        """Format a `holder` record for a log message."""
+        if not info:
+            return "another process (it has not written its pid yet)"
+        return (f"pid {info.get('pid')} on host {info.get('host')} (command: {info.get('command')}; "
+                f"since {info.get('started')})")
+
+    def _try_lock(self) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            os.close(self._fd)
+            self._fd = None
+            raise StoreError(f"cannot lock {self.path}: {exc.strerror}. The run store's file system must "
+                             "support fcntl.flock locks; pass a --runs-dir on a local disk.") from exc
+        return True
+
+    def acquire(self) -> "RunLock":
+        """Take the lock, waiting as long as another process holds it."""
+        make_dirs(self.path.parent)
+        if fcntl is None:
+            # NOTE: without fcntl (Windows) runs are not locked; two processes may train the same run.
+            return self
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise store_error(exc, self.path) from exc
+        if not self._try_lock():
+            try:
+                self._wait()
+            except BaseException:
+                self._close()
+                raise
+        info = {
+            "pid": os.getpid(),
+            "parent_pid": os.getppid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv) or sys.executable,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        }
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        return self
+
+    def _wait(self) -> None:
+        reported = None
+        while True:
+            info = self.holder(self.path)
+            if info != reported:
+                log.warning("%s is locked by %s; waiting for it to finish", self.description,
+                            self.describe_holder(info))
+                reported = info
+            if self.stop is None:
+                time.sleep(self.poll_seconds)
+            elif self.stop.wait(self.poll_seconds):
+                raise KeyboardInterrupt
+            if self._try_lock():
+                log.warning("%s: the lock is free; continuing", self.description)
+                return
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def release(self) -> None:
+        """Clear the holder record and drop the lock."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass  # a full or read-only disk must not keep the lock held
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._close()
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 def read_history(path: str | Path) -> list[dict]:
@@ -311,22 +548,42 @@ def save_model(model, path: str | Path) -> None:
     atomic_torch_save({"arch": model.arch.to_dict(), "state_dict": state}, path)
 
 
+def load_trusted(path: str | Path, kind: str, remedy: str, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)`, raising RunError that names `kind` and `remedy` on failure.
+
+    weights_only=True unpickles only tensors and plain containers, so a file
+    whose loading would run arbitrary code (a pickled class or function) is
+    rejected instead of executed.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        obj = f" (it contains the Python object {found.group(1)})" if found else ""
+        raise RunError(
+            f"{kind} {path} needs arbitrary code to load{obj}, so it was rejected: wrnlib loads files "
+            f"with torch.load(weights_only=True), which accepts only tensors and plain values. {remedy}"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise RunError(f"{kind} {path} not found. {remedy}") from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError... for damaged files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"{kind} {path} is damaged or not a file written by torch.save "
+                       f"({type(exc).__name__}: {first_line}). {remedy}") from exc
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Load a model saved by `save_model`, refusing files that need pickled code."""
+    """Load a model saved by `save_model`, rejecting files that need pickled code."""
     from .models import build_model
 
     path = Path(path)
+    remedy = f"Delete the run folder {path.parent} and run that run again."
     if not path.is_file():
-        raise RunError(f"model file {path} not found")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise RunError(
-            f"cannot load {path} with weights_only=True ({type(exc).__name__}: {exc}). "
-            "Only files written by wrnlib (tensors and plain values) are accepted."
-        ) from None
+        raise RunError(f"model file {path} not found. {remedy}")
+    blob = load_trusted(path, "model file", remedy, map_location)
     if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
-        raise RunError(f"{path} is not a wrnlib model file (expected keys 'arch' and 'state_dict')")
+        raise RunError(f"{path} is not a wrnlib model file (expected keys 'arch' and 'state_dict'). {remedy}")
     model = build_model(blob["arch"])
     model.load_state_dict(blob["state_dict"])
     return model

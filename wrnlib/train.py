@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import runs
-from .data import DataSplits, augment_batch, iterate_batches, normalize, prepare_data
+from .data import DataSplits, augment_batch, dataset_info, iterate_batches, normalize, prepare_data
 from .errors import ConfigError, RunError
 from .runs import RunConfig
 
@@ -99,16 +99,32 @@ def _restore_rng(state: dict, generator: torch.Generator, device: torch.device) 
         torch.cuda.set_rng_state(state["torch_cuda"], device)
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
+CHECKPOINT_KEYS = ("epoch", "arch", "model", "optimizer", "scheduler", "rng", "history")
+
+
+def _load_checkpoint(path: Path, model: nn.Module, run_id: str) -> dict | None:
+    """Load `path` if it exists and belongs to `model`; raise RunError that explains how to start over."""
     if not path.is_file():
         return None
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise RunError(
-            f"checkpoint {path} cannot be loaded with weights_only=True ({type(exc).__name__}: {exc}). "
-            "Delete it to restart the run from epoch 0."
-        ) from None
+    remedy = f"Delete it to restart run {run_id} from epoch 0."
+    # Loaded to the CPU because random-generator states must be CPU ByteTensors;
+    # load_state_dict copies weights and optimiser state to the model's device.
+    # NOTE: resuming on CUDA has no test here; the tests run on CPU only.
+    checkpoint = runs.load_trusted(path, "checkpoint", remedy, map_location="cpu")
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise RunError(f"checkpoint {path} is not a wrnlib training checkpoint (missing: {', '.join(missing)}). "
+                       f"{remedy}")
+    saved = checkpoint["arch"]
+    current = model.arch.to_dict()
+    if isinstance(saved, dict) and saved.get("num_classes") != current["num_classes"]:
+        raise RunError(f"checkpoint {path} was saved by a model with {saved.get('num_classes')} classes, but "
+                       f"run {run_id} trains a model with {current['num_classes']} classes; the checkpoint "
+                       f"belongs to a run on another data set. {remedy}")
+    if saved != current:
+        raise RunError(f"checkpoint {path} belongs to another architecture ({saved}); delete the run folder "
+                       f"{path.parent} to start over")
+    return checkpoint
 
 
 def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
@@ -122,8 +138,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
     """
     from tqdm import tqdm
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = runs.make_dirs(folder)
     device = device or default_device()
     precision = resolve_precision(cfg.precision, device)
     criterion = criterion or cross_entropy_criterion
@@ -142,11 +157,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
     history: list[dict] = []
     start_epoch = 0
     checkpoint_path = folder / "checkpoint.pt"
-    checkpoint = _load_checkpoint(checkpoint_path, device)
+    checkpoint = _load_checkpoint(checkpoint_path, model, cfg.run_id)
     if checkpoint is not None:
-        if checkpoint.get("arch") != model.arch.to_dict():
-            raise RunError(f"checkpoint {checkpoint_path} belongs to another architecture "
-                           f"({checkpoint.get('arch')}); delete the run folder {folder} to start over")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -249,8 +261,7 @@ def _check_same_config(cfg: RunConfig, folder: Path) -> None:
 
 def prepare_run_folder(cfg: RunConfig, root: Path) -> Path:
     """Create the run folder and write config.json, rejecting a changed config on resume."""
-    folder = runs.run_dir(root, cfg.profile, cfg.run_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = runs.make_dirs(runs.run_dir(root, cfg.profile, cfg.run_id))
     if (folder / "checkpoint.pt").is_file():
         _check_same_config(cfg, folder)
     runs.atomic_write_json(folder / "config.json", cfg.to_dict())
@@ -267,6 +278,14 @@ def load_teacher(cfg: RunConfig, root: Path, device: torch.device) -> nn.Module:
             f"wrnlib run {cfg.teacher_run_id} --profile {cfg.profile}"
         )
     teacher = runs.load_model(teacher_dir / "model.pt", map_location="cpu")
+    expected = dataset_info(cfg.dataset).num_classes
+    if teacher.num_classes != expected:
+        trained_on = runs.read_metrics(teacher_dir).get("dataset", "another data set")
+        raise RunError(
+            f"run {cfg.run_id} trains on {cfg.dataset} ({expected} classes), but its teacher run "
+            f"{cfg.teacher_run_id} is a {teacher.num_classes}-class model (trained on {trained_on}). "
+            f"Set teacher_run_id to a {cfg.dataset} run."
+        )
     return teacher.to(device, memory_format=torch.channels_last).eval()
 
 
@@ -279,11 +298,12 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
     """Run one configured run end to end and return its metrics.
 
     `build(cfg, data, teacher)` returns (model to train, criterion or None,
-    extra metrics). The run writes config.json, trains with `fit`, saves
-    model.pt, measures the model and writes metrics.json last.
+    extra metrics). The teacher and the data are checked before the run folder
+    is created, so a bad input leaves nothing behind. Training holds the run's
+    train.lock: a second process that calls this for the same run waits, then
+    returns the metrics the first one wrote. The run writes config.json, trains
+    with `fit`, saves model.pt, measures the model and writes metrics.json last.
     """
-    from .measure import count_macs, count_parameters, measure_latency, model_size_mb
-
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config))
     cfg.validate()
     if threads:
@@ -297,12 +317,23 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
         return finished
     device = default_device()
     teacher = load_teacher(cfg, root, device) if cfg.teacher_run_id else None
-    folder = prepare_run_folder(cfg, root)
     data = prepare_data(cfg.dataset, data_root, val_size=cfg.val_size, train_subset=cfg.train_subset,
                         test_subset=cfg.test_subset, seed=cfg.seed, download=download)
-    if teacher is not None and teacher.num_classes != data.num_classes:
-        raise RunError(f"teacher {cfg.teacher_run_id} has {teacher.num_classes} outputs but {cfg.dataset} "
-                       f"has {data.num_classes} classes")
+
+    with runs.RunLock(folder / runs.TRAIN_LOCK, f"training of run {cfg.run_id}"):
+        finished = runs.read_metrics(folder)
+        if finished is not None:
+            # Another process finished the run while this one waited for the lock.
+            _check_same_config(cfg, folder)
+            return finished
+        runs.remove_stale_temp_files(folder)
+        folder = prepare_run_folder(cfg, root)
+        return _train_and_measure(cfg, build, folder, data, teacher, device, progress)
+
+
+def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataSplits,
+                       teacher: nn.Module | None, device: torch.device, progress: bool) -> dict:
+    from .measure import count_macs, count_parameters, measure_latency, model_size_mb
 
     model, criterion, extra = build(cfg, data, teacher)
     result = fit(model, data, cfg, folder, criterion=criterion, device=device, progress=progress)
