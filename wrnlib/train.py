@@ -113,11 +113,12 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
 
 def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         criterion: Callable | None = None, device: torch.device | None = None,
-        progress: bool = False) -> dict:
+        progress: bool = False, on_epoch: Callable[[list[dict]], None] | None = None) -> dict:
     """Train `model` for `cfg.epochs` epochs, resuming from `folder/checkpoint.pt` if present.
 
-    `criterion(logits, inputs, targets)` defaults to cross-entropy. Returns the
-    history rows, test loss and accuracy, summed training seconds and the
+    `criterion(logits, inputs, targets)` defaults to cross-entropy. `on_epoch`
+    receives the history rows after each epoch's checkpoint is written. Returns
+    the history rows, test loss and accuracy, summed training seconds and the
     precision used. Raises RunError on a non-finite loss.
     """
     from tqdm import tqdm
@@ -213,6 +214,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
             "history": history,
         }, checkpoint_path)
         runs.atomic_write_text(folder / "history.csv", runs.history_to_csv(history))
+        if on_epoch is not None:
+            on_epoch(history)
         bar.set_postfix(val_acc=f"{val_acc:.1f}")
         bar.update()
     bar.close()
@@ -251,7 +254,9 @@ def prepare_run_folder(cfg: RunConfig, root: Path) -> Path:
     """Create the run folder and write config.json, rejecting a changed config on resume."""
     folder = runs.run_dir(root, cfg.profile, cfg.run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder / "checkpoint.pt").is_file():
+    # Any saved state (checkpoints, history, pruning records) was made with config.json's settings;
+    # notebooks do not count, because papermill writes the run's notebook before the run starts.
+    if any(p.name != "config.json" and p.suffix != ".ipynb" for p in folder.iterdir()):
         _check_same_config(cfg, folder)
     runs.atomic_write_json(folder / "config.json", cfg.to_dict())
     return folder
@@ -275,12 +280,15 @@ BuildFn = Callable[[RunConfig, DataSplits, "nn.Module | None"], tuple[nn.Module,
 
 def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path | None = None,
                 data_root: str | Path | None = None, threads: int | None = None,
-                progress: bool = False, download: bool = True) -> dict:
+                progress: bool = False, download: bool = True, train: Callable = fit) -> dict:
     """Run one configured run end to end and return its metrics.
 
     `build(cfg, data, teacher)` returns (model to train, criterion or None,
-    extra metrics). The run writes config.json, trains with `fit`, saves
-    model.pt, measures the model and writes metrics.json last.
+    extra metrics). The run writes config.json, trains with `train` (`fit` by
+    default), saves model.pt, measures the model and writes metrics.json last.
+    A `train` function takes fit's arguments and returns fit's result. Its
+    result may add "model", the trained model when it is not the one `build`
+    returned, and "extra", more metrics.
     """
     from .measure import count_macs, count_parameters, measure_latency, model_size_mb
 
@@ -305,7 +313,9 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
                        f"has {data.num_classes} classes")
 
     model, criterion, extra = build(cfg, data, teacher)
-    result = fit(model, data, cfg, folder, criterion=criterion, device=device, progress=progress)
+    result = train(model, data, cfg, folder, criterion=criterion, device=device, progress=progress)
+    model = result.get("model", model)
+    extra = {**extra, **result.get("extra", {})}
 
     model_path = folder / "model.pt"
     runs.save_model(model, model_path)
