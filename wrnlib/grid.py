@@ -3,11 +3,11 @@
 A profile is one named size of the whole study. Every profile has the same
 shape: for each data set, scratch runs of every teacher and student width,
 then for each (teacher, student) pair a KD run and node-pruning runs whose
-pruning ratio turns the teacher's width into the student's: always the
-canonical one (one-shot, L1 criterion, no KD), plus the profile's other
-pruning variants (iterative schedules, the L2 criterion, prune + KD). Runs
-execute in dependency order (a teacher before its students), each as its
-template notebook through papermill.
+pruning ratio turns the teacher's width into the student's. Every pair gets
+the canonical pruning run (one-shot, L1 criterion, no KD), and the profile
+may add other pruning variants (iterative schedules, the L2 criterion,
+prune + KD). Runs execute in dependency order (a teacher before its
+students), each as its template notebook through papermill.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class Profile:
     datasets: tuple[str, ...]
     depth: int
     pairs: tuple[Pair, ...]
-    epochs: int                      # scratch and KD training, and pruning fine-tuning
+    epochs: int                      # scratch and KD training, and one-shot pruning fine-tuning
     milestones: tuple[int, ...]      # epochs at which the learning rate is multiplied by lr_gamma
     train_subset: int | None         # training images per run (stratified); None = all left after validation
     val_size: int                    # held-out validation images; 0 = curves use the test set
