@@ -189,7 +189,7 @@ class RunConfig:
     test_subset: int | None = None   # stratified subset of the test set; None = all 10,000
     eval_batch_size: int = 512
     precision: str = "auto"         # auto | bf16 | fp32
-    # Knowledge distillation (method kd, or prune with kd_weight > 0)
+    # Knowledge distillation (method kd, or method prune with use_kd)
     temperature: float = 4.0
     ce_weight: float = 0.1
     kd_weight: float = 0.9
