@@ -22,6 +22,7 @@ __all__ = [
     "discussion_numbers",
     "drone_numbers",
     "drone_table",
+    "iterative_variants",
     "criterion_table",
     "load_history",
     "load_results",
