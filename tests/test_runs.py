@@ -83,6 +83,10 @@ PRUNE_BASE = dict(run_id="r", profile="p", dataset="cifar10", method="prune", de
     ({"schedule": "iterative", "rounds": 10, "epochs_per_round": 40, "epochs": 200},
      "epochs must equal rounds x epochs_per_round = 10 x 40, got epochs 200"),
     ({"pruning_ratio": True}, r"pruning_ratio must be in \(0, 1\), got True"),
+    ({"epochs_per_round": "5"}, "epochs_per_round must be an integer >= 1 or None, got '5'"),
+    ({"schedule": "iterative", "rounds": 2, "epochs_per_round": 0, "epochs": 0}, "epochs must be >= 1, got 0"),
+    ({"schedule": "iterative", "rounds": 2, "epochs_per_round": -1, "epochs": 2},
+     "epochs_per_round must be an integer >= 1 or None, got -1"),
 ])
 def test_pruning_config_rejected(settings, message):
     with pytest.raises(ConfigError, match=message):

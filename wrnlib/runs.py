@@ -3,9 +3,10 @@
 Layout: `<runs root>/<profile>/<run_id>/` holds `config.json`, `history.csv`,
 `checkpoint.pt` (while training), `model.pt` (final weights), `metrics.json`
 and the executed notebook. A pruning run also writes `pruning.json` and one
-`rounds/<NN>/` folder per pruning round (its checkpoint, history and record). A run is `done` only when `metrics.json` exists and
-has every key in `REQUIRED_METRICS`; a folder without it is `partial` and the
-next attempt resumes from its checkpoint.
+`rounds/<NN>/` folder per pruning round (its checkpoint, history and record).
+A run is `done` only when `metrics.json` exists and has every key in
+`REQUIRED_METRICS`; a folder without it is `partial` and the next attempt
+resumes from its checkpoint.
 
 Every file is written to a temporary name in the same folder, flushed with
 fsync and renamed over the target, so a crash leaves either the old file or
@@ -260,11 +261,15 @@ class RunConfig:
         if self.schedule == "iterative" and self.rounds < 2:
             raise ConfigError(f"run {self.run_id}: an iterative schedule needs rounds >= 2, got "
                               f"{self.rounds}; use schedule one-shot to prune once")
+        per_round = self.epochs_per_round
+        if per_round is not None and (isinstance(per_round, bool) or not isinstance(per_round, int) or per_round < 1):
+            raise ConfigError(f"run {self.run_id}: epochs_per_round must be an integer >= 1 or None, "
+                              f"got {per_round!r}")
         if self.epochs_per_round is None:
             if self.epochs % self.rounds:
                 raise ConfigError(f"run {self.run_id}: epochs {self.epochs} do not split into {self.rounds} "
                                   "equal rounds; set epochs_per_round and epochs = rounds x epochs_per_round")
-        elif self.epochs_per_round < 1 or self.epochs != self.rounds * self.epochs_per_round:
+        elif self.epochs != self.rounds * self.epochs_per_round:
             raise ConfigError(
                 f"run {self.run_id}: epochs must equal rounds x epochs_per_round = {self.rounds} x "
                 f"{self.epochs_per_round}, got epochs {self.epochs}; epochs counts every fine-tuning epoch"
