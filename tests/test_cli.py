@@ -19,7 +19,8 @@ def test_status_lists_every_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "cifar10-scratch-wrn10-2-s0" in proc.stdout
     assert "cifar100-prune-wrn10-2-to-1-l1-oneshot-s0" in proc.stdout
-    assert "0 done, 0 partial, 8 missing" in proc.stdout
+    assert "cifar10-prune-wrn10-2-to-1-l1-iter2x1-s0" in proc.stdout
+    assert "0 done, 0 partial, 10 missing" in proc.stdout
 
 
 @pytest.mark.parametrize("args,message", [

@@ -50,6 +50,30 @@ def test_pruned_run_reports_extra_shortcut(smoke):
     assert metrics["widths_after"] == [16, 32, 64]
 
 
+def test_iterative_and_prune_kd_runs(smoke):
+    folder = smoke["runs"] / "smoke"
+    iterative = json.loads((folder / "cifar10-prune-wrn10-2-to-1-l1-iter2x1-s0" / "metrics.json").read_text())
+    assert iterative["schedule"] == "iterative"
+    assert [r["round"] for r in iterative["round_accuracy"]] == [1, 2]
+    assert iterative["round_accuracy"][-1]["stream"] == [16, 32, 64]
+    assert iterative["widths_after"] == [16, 32, 64]
+    with_kd = json.loads((folder / "cifar10-prune-wrn10-2-to-1-l1-oneshot-kd-s0" / "metrics.json").read_text())
+    assert with_kd["use_kd"] is True
+    assert with_kd["kd"]["kd_weight"] == 0.9
+
+
+def test_book_pruning_chapter(smoke):
+    html = _page_text(smoke["html"] / "book" / "pruning.html")
+    assert "summary.ipynb::" not in html
+    assert html.count("<table") == 6
+    assert len(re.findall(r"<img ", html)) == 2
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "cifar10: one-shot vs iterative node pruning" in text
+    assert re.search(r"iterative − one-shot은 평균\s+[+-]\d+\.\d\d %p", text)
+    # cifar100 has no iterative run in the smoke profile, so its difference is NaN and its count 0.
+    assert re.search(r"CIFAR-100에서는 iterative − one-shot이 평균\s+\+nan %p\s+\(0 쌍", text)
+
+
 def test_book_has_every_run_page_with_a_figure(smoke):
     for spec in plan_runs("smoke"):
         page = smoke["html"] / "book" / "runs" / f"{spec.run_id}.html"
@@ -83,4 +107,4 @@ def test_book_numbers_are_glued(smoke):
 def test_second_reproduce_skips_finished_runs(smoke):
     proc = subprocess.run(smoke["command"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "0 run(s) executed, 8 already done" in proc.stdout
+    assert "0 run(s) executed, 10 already done" in proc.stdout

@@ -6,7 +6,7 @@ import torch
 from conftest import randomize_batchnorm
 from wrnlib.measure import count_parameters
 from wrnlib.models import WideResNet
-from wrnlib.prune import CRITERIA, prune_model, round_widths
+from wrnlib.prune import CRITERIA, prune_model, pruned_arch, round_archs, round_widths
 
 CASES = [(28, 10, 0.8, 2), (28, 4, 0.5, 2), (28, 2, 0.5, 1)]
 
@@ -161,3 +161,46 @@ def test_round_widths_land_on_target():
     assert all(a >= b for a, b in zip(widths, widths[1:]))
     assert round_widths(160, 0.2, 10)[-1] == 32
     assert round_widths(64, 0.5, 1) == [32]
+
+
+@pytest.mark.parametrize("rounds", [0, -1, 1.5, True])
+def test_round_widths_rejects_bad_rounds(rounds):
+    with pytest.raises(ValueError, match=r"rounds must be an integer >= 1, got " + repr(rounds).replace(".", r"\.")):
+        round_widths(32, 0.5, rounds)
+
+
+@pytest.mark.parametrize("depth,width,ratio,student_width", CASES)
+def test_round_archs_land_on_target(depth, width, ratio, student_width):
+    arch = WideResNet(depth, width, 10).arch
+    archs = round_archs(arch, ratio, 10)
+    assert len(archs) == 10
+    assert archs[-1] == prune_model(WideResNet(depth, width, 10), ratio).arch
+    assert archs[-1].stream == (16 * student_width, 32 * student_width, 64 * student_width)
+    keep = 1 - ratio
+    for g, channels in enumerate(arch.stream):
+        widths = [a.stream[g] for a in archs]
+        assert widths == round_widths(channels, keep, 10)
+        assert widths[0] == round(channels * keep ** 0.1)
+    for b, channels in enumerate(arch.inner):
+        assert [a.inner[b] for a in archs] == round_widths(channels, keep, 10)
+    assert all(a.shortcuts == arch.shortcuts for a in archs)
+
+
+def test_round_archs_keep_stem_stream():
+    # WRN-d-1's first group reads the stem's 16 channels through an identity shortcut.
+    archs = round_archs(WideResNet(10, 1, 10).arch, 0.5, 3)
+    assert [a.stream for a in archs] == [(16, 25, 51), (16, 20, 40), (16, 16, 32)]
+    assert [a.inner[0] for a in archs] == [13, 10, 8]
+
+
+def test_round_archs_reject_bad_ratio():
+    arch = WideResNet(10, 1, 10).arch
+    with pytest.raises(ValueError, match=r"invalid pruning ratio 1\.2"):
+        round_archs(arch, 1.2, 4)
+    with pytest.raises(ValueError, match=r"pruning ratio 0\.99 would leave a layer of 32 channels with 0"):
+        round_archs(arch, 0.99, 4)
+
+
+def test_pruned_arch_matches_prune_model():
+    model = _trained_like(10, 4)
+    assert pruned_arch(model.arch, 0.5) == prune_model(model, 0.5).arch

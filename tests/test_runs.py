@@ -232,3 +232,40 @@ def test_invalid_settings_rejected(change, message):
     settings.update(change)
     with pytest.raises(ConfigError, match=message):
         RunConfig(**settings).validate()
+
+
+PRUNE_BASE = dict(run_id="r", profile="p", dataset="cifar10", method="prune", depth=10, width=1, teacher_run_id="t",
+                  pruning_ratio=0.5)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"criterion": "l3"}, "unknown pruning criterion 'l3'; choose one of l1, l2, bn_scale, random"),
+    ({"schedule": "gradual"}, "unknown pruning schedule 'gradual'; choose one of one-shot, iterative"),
+    ({"rounds": 2, "epochs": 4}, "a one-shot schedule prunes once, so rounds must be 1, got 2"),
+    ({"schedule": "iterative", "rounds": 1}, "an iterative schedule needs rounds >= 2, got 1"),
+    ({"schedule": "iterative", "rounds": 0}, "rounds must be an integer >= 1, got 0"),
+    ({"schedule": "iterative", "rounds": 3, "epochs": 10}, "epochs 10 do not split into 3 equal rounds"),
+    ({"schedule": "iterative", "rounds": 10, "epochs_per_round": 40, "epochs": 200},
+     "epochs must equal rounds x epochs_per_round = 10 x 40, got epochs 200"),
+    ({"pruning_ratio": True}, r"pruning_ratio must be in \(0, 1\), got True"),
+    ({"epochs_per_round": "5"}, "epochs_per_round must be an integer >= 1 or None, got '5'"),
+    ({"schedule": "iterative", "rounds": 2, "epochs_per_round": 0, "epochs": 0}, "epochs must be >= 1, got 0"),
+    ({"schedule": "iterative", "rounds": 2, "epochs_per_round": -1, "epochs": 2},
+     "epochs_per_round must be an integer >= 1 or None, got -1"),
+])
+def test_pruning_config_rejected(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**{**PRUNE_BASE, **settings}).validate()
+
+
+def test_round_epochs():
+    iterative = RunConfig(**{**PRUNE_BASE, "schedule": "iterative", "rounds": 10, "epochs": 400})
+    iterative.validate()
+    assert iterative.round_epochs == 40
+    explicit = RunConfig(**{**PRUNE_BASE, "schedule": "iterative", "rounds": 10, "epochs_per_round": 20,
+                            "epochs": 200})
+    explicit.validate()
+    assert explicit.round_epochs == 20
+    assert RunConfig(**{**PRUNE_BASE, "epochs": 7}).round_epochs == 7
+    assert RunConfig(run_id="r", profile="p", dataset="cifar10", method="scratch", depth=10, width=1,
+                     epochs=5).round_epochs == 5

@@ -2,10 +2,12 @@
 
 A profile is one named size of the whole study. Every profile has the same
 shape: for each data set, scratch runs of every teacher and student width,
-then for each (teacher, student) pair a KD run and a one-shot node-pruning run
-whose pruning ratio turns the teacher's width into the student's. Runs execute
-in dependency order (a teacher before its students), each as its template
-notebook through papermill.
+then for each (teacher, student) pair a KD run and node-pruning runs whose
+pruning ratio turns the teacher's width into the student's. Every pair gets
+the canonical pruning run (one-shot, L1 criterion, no KD), and the profile
+may add other pruning variants (iterative schedules, the L2 criterion,
+prune + KD). Runs execute in dependency order (a teacher before its
+students), each as its template notebook through papermill.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 from . import runs
 from .errors import ConfigError, RunError
 
-__all__ = ["PROFILES", "PROFILES_ENV", "Profile", "RunSpec", "execute_grid", "execute_run_notebook",
-           "extra_profiles", "get_profile", "plan_runs", "profile_from_dict"]
+__all__ = ["PROFILES", "PROFILES_ENV", "Profile", "PruneVariant", "RunSpec", "execute_grid",
+           "execute_run_notebook", "extra_profiles", "get_profile", "plan_runs", "profile_from_dict",
+           "prune_run_id"]
 
 log = logging.getLogger("wrnlib")
 
@@ -48,6 +51,74 @@ class Pair:
 STUDY_PAIRS = (Pair(10, 2, 0.8), Pair(4, 2, 0.5), Pair(2, 1, 0.5))
 
 
+ITERATIVE_ROUNDS = 10             # default rounds of an iterative pruning variant
+ITERATIVE_EPOCHS_PER_ROUND = 20   # default fine-tuning epochs after each round
+
+
+@dataclass(frozen=True)
+class PruneVariant:
+    """One node-pruning setting of a profile, run for every pair unless `student_widths` or `datasets` narrow it.
+
+    A one-shot variant fine-tunes for the profile's epochs and milestones, or
+    for `epochs_per_round` epochs when set. An iterative variant prunes in
+    `rounds` rounds (default 10) of `epochs_per_round` epochs each (default 20),
+    and every round restarts the learning-rate schedule with milestones at 30 %,
+    60 % and 80 % of the round.
+    """
+
+    criterion: str = "l1"
+    schedule: str = "one-shot"
+    rounds: int | None = None                       # None = 1 for one-shot, ITERATIVE_ROUNDS for iterative
+    epochs_per_round: int | None = None             # None = the profile's epochs (one-shot), 20 (iterative)
+    use_kd: bool = False
+    student_widths: tuple[int, ...] | None = None   # None = every pair
+    datasets: tuple[str, ...] | None = None         # None = every data set of the profile
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass: fill the schedule's defaults through object.__setattr__.
+        if self.schedule == "iterative":
+            if self.rounds is None:
+                object.__setattr__(self, "rounds", ITERATIVE_ROUNDS)
+            if self.epochs_per_round is None:
+                object.__setattr__(self, "epochs_per_round", ITERATIVE_EPOCHS_PER_ROUND)
+        elif self.rounds is None:
+            object.__setattr__(self, "rounds", 1)
+
+    @property
+    def canonical(self) -> bool:
+        """True for the variant the KD comparison uses: one-shot, L1, no KD, the profile's epochs."""
+        return self == PruneVariant(student_widths=self.student_widths, datasets=self.datasets)
+
+    @property
+    def tag(self) -> str:
+        """Run id part, e.g. "l1-oneshot", "l2-oneshot", "l1-oneshot-kd", "l1-iter10x20"."""
+        if self.schedule == "one-shot":
+            schedule = "oneshot" if self.epochs_per_round is None else f"oneshot{self.epochs_per_round}ep"
+        else:
+            schedule = f"iter{self.rounds}x{self.epochs_per_round}"
+        return f"{self.criterion}-{schedule}" + ("-kd" if self.use_kd else "")
+
+    def applies_to(self, dataset: str, pair: Pair) -> bool:
+        return ((self.datasets is None or dataset in self.datasets)
+                and (self.student_widths is None or pair.student_width in self.student_widths))
+
+    def describe(self, profile_epochs: int) -> str:
+        """Return e.g. "iterative 10 x 20 epochs, l1" for the profile table."""
+        if self.schedule == "one-shot":
+            text = f"one-shot, {self.epochs_per_round or profile_epochs} epochs"
+        else:
+            text = f"iterative {self.rounds} x {self.epochs_per_round} epochs"
+        text += f", {self.criterion}" + (", + KD" if self.use_kd else "")
+        if self.student_widths is not None:
+            text += f" (pairs with student width {', '.join(map(str, self.student_widths))})"
+        if self.datasets is not None:
+            text += f" ({', '.join(self.datasets)} only)"
+        return text
+
+
+CANONICAL_PRUNING = PruneVariant()
+
+
 @dataclass(frozen=True)
 class Profile:
     """Settings of one profile; every number a run uses comes from here."""
@@ -57,7 +128,7 @@ class Profile:
     datasets: tuple[str, ...]
     depth: int
     pairs: tuple[Pair, ...]
-    epochs: int                      # scratch and KD training, and pruning fine-tuning
+    epochs: int                      # scratch and KD training, and one-shot pruning fine-tuning
     milestones: tuple[int, ...]      # epochs at which the learning rate is multiplied by lr_gamma
     train_subset: int | None         # training images per run (stratified); None = all left after validation
     val_size: int                    # held-out validation images; 0 = curves use the test set
@@ -70,6 +141,8 @@ class Profile:
     weight_decay: float = 5e-4
     latency_repeats: int = 30
     miniature: bool = True
+    # Node-pruning runs per pair; the canonical variant (one-shot, L1, no KD) comes first in every profile.
+    prune_variants: tuple[PruneVariant, ...] = (CANONICAL_PRUNING,)
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     def widths(self) -> list[int]:
@@ -89,8 +162,10 @@ class Profile:
             ("datasets", ", ".join(self.datasets)),
             ("architecture", f"WRN-{self.depth}-k, k in {', '.join(str(w) for w in self.widths())}"),
             ("teacher -> student pairs", pairs),
-            ("epochs (scratch, KD, pruning fine-tune)", str(self.epochs)),
+            ("epochs (scratch, KD, one-shot pruning fine-tune)", str(self.epochs)),
             ("learning rate", f"{self.lr}, x{self.lr_gamma} at epochs {', '.join(map(str, self.milestones))}"),
+            ("learning rate, iterative pruning", f"restarts at {self.lr} every round, x{self.lr_gamma} at "
+                                                 "30 %, 60 % and 80 % of the round's epochs"),
             ("optimizer", f"SGD, Nesterov momentum {self.momentum}, weight decay {self.weight_decay}"),
             ("batch size", str(self.batch_size)),
             ("training images", subset),
@@ -98,7 +173,7 @@ class Profile:
             ("test images", test),
             ("seeds", ", ".join(map(str, self.seeds))),
             ("KD", "T = 4, ce_weight = 0.1, kd_weight = 0.9"),
-            ("pruning", "one-shot, L1 criterion"),
+            ("pruning variants", "; ".join(v.describe(self.epochs) for v in self.prune_variants)),
         ]
 
 
@@ -121,6 +196,13 @@ PROFILES: dict[str, Profile] = {
         test_subset=200,
         batch_size=100,
         latency_repeats=5,
+        # One iterative and one prune + KD run, on cifar10 only: cifar100 then checks that the book
+        # still builds when a variant has no runs.
+        prune_variants=(
+            CANONICAL_PRUNING,
+            PruneVariant(schedule="iterative", rounds=2, epochs_per_round=1, datasets=("cifar10",)),
+            PruneVariant(use_kd=True, datasets=("cifar10",)),
+        ),
     ),
     "quick": Profile(
         name="quick",
@@ -135,6 +217,14 @@ PROFILES: dict[str, Profile] = {
         val_size=500,
         test_subset=2000,
         latency_repeats=20,
+        # The variants only for the narrow pair (2 -> 1), to stay within the profile's time budget;
+        # 3 rounds x 1 epoch fine-tune for fewer epochs than one-shot's 5.
+        prune_variants=(
+            CANONICAL_PRUNING,
+            PruneVariant(schedule="iterative", rounds=3, epochs_per_round=1, student_widths=(1,)),
+            PruneVariant(use_kd=True, student_widths=(1,)),
+            PruneVariant(criterion="l2", student_widths=(1,)),
+        ),
     ),
     "paper": Profile(
         name="paper",
@@ -150,6 +240,14 @@ PROFILES: dict[str, Profile] = {
         seeds=(0, 1, 2),
         latency_repeats=50,
         miniature=False,
+        # 10 x 20 fine-tunes for as many epochs (200) as one-shot; 10 x 40 doubles that budget.
+        prune_variants=(
+            CANONICAL_PRUNING,
+            PruneVariant(criterion="l2"),
+            PruneVariant(use_kd=True),
+            PruneVariant(schedule="iterative"),
+            PruneVariant(schedule="iterative", epochs_per_round=40),
+        ),
     ),
 }
 
@@ -346,16 +444,53 @@ def plan_runs(profile: Profile | str) -> list[RunSpec]:
                 cfg = runs.RunConfig(run_id=kd_id, dataset=dataset, method="kd", depth=d,
                                      width=pair.student_width, seed=seed, teacher_run_id=teacher, **common)
                 specs.append(RunSpec(kd_id, "distill", cfg.to_dict(), (teacher,)))
-                prune_id = (f"{dataset}-prune-wrn{d}-{pair.teacher_width}-to-{pair.student_width}"
-                            f"-l1-oneshot-s{seed}")
-                cfg = runs.RunConfig(run_id=prune_id, dataset=dataset, method="prune", depth=d,
-                                     width=pair.student_width, seed=seed, teacher_run_id=teacher,
-                                     pruning_ratio=pair.pruning_ratio, criterion="l1", schedule="one-shot",
-                                     **common)
-                specs.append(RunSpec(prune_id, "prune", cfg.to_dict(), (teacher,)))
-    for spec in specs:
-        runs.RunConfig.from_dict(spec.config)
+                for variant in profile.prune_variants:
+                    if not variant.applies_to(dataset, pair):
+                        continue
+                    prune_id = prune_run_id(dataset, d, pair, variant, seed)
+                    cfg = runs.RunConfig(run_id=prune_id, dataset=dataset, method="prune", depth=d,
+                                         width=pair.student_width, seed=seed, teacher_run_id=teacher,
+                                         pruning_ratio=pair.pruning_ratio,
+                                         **{**common, **_prune_settings(profile, variant)})
+                    specs.append(RunSpec(prune_id, "prune", cfg.to_dict(), (teacher,)))
+    _check_plan(profile, specs)
     return specs
+
+
+def prune_run_id(dataset: str, depth: int, pair: Pair, variant: PruneVariant, seed: int) -> str:
+    """Return e.g. "cifar10-prune-wrn28-10-to-2-l1-oneshot-s0" or "...-l1-iter10x20-s0"."""
+    return f"{dataset}-prune-wrn{depth}-{pair.teacher_width}-to-{pair.student_width}-{variant.tag}-s{seed}"
+
+
+def _prune_settings(profile: Profile, variant: PruneVariant) -> dict:
+    """Return the RunConfig fields a pruning variant sets: criterion, schedule, epochs and milestones."""
+    if variant.epochs_per_round is None:
+        epochs_per_round, milestones = profile.epochs, list(profile.milestones)
+    else:
+        epochs_per_round, milestones = variant.epochs_per_round, list(_milestones(variant.epochs_per_round))
+    return {
+        "criterion": variant.criterion,
+        "schedule": variant.schedule,
+        "rounds": variant.rounds,
+        "epochs_per_round": epochs_per_round,
+        "epochs": variant.rounds * epochs_per_round,
+        "milestones": milestones,
+        "use_kd": variant.use_kd,
+    }
+
+
+def _check_plan(profile: Profile, specs: list[RunSpec]) -> None:
+    """Raise ConfigError for a profile whose runs are invalid, share an id, or lack canonical pruning."""
+    if not any(v.canonical and v.student_widths is None and v.datasets is None for v in profile.prune_variants):
+        raise ConfigError(f"profile {profile.name} has no canonical pruning variant (one-shot, l1, no KD, every "
+                          "pair); the KD comparison needs it, so add PruneVariant() to prune_variants")
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.run_id in seen:
+            raise ConfigError(f"profile {profile.name} plans run {spec.run_id} twice; give its pruning "
+                              "variants different criteria, schedules or epochs")
+        seen.add(spec.run_id)
+        runs.RunConfig.from_dict(spec.config)
 
 
 def find_run(profile: Profile | str, run_id: str) -> RunSpec:

@@ -20,10 +20,16 @@ the classifier's outputs are never pruned either.
 The pruning ratio is the fraction of channels removed in every pruned layer;
 the number kept is round(channels x (1 - ratio)), so 0.8 turns 160/320/640 into
 32/64/128 (WRN-28-10 into the widths of WRN-28-2).
+
+A pruning run prunes the teacher in `rounds` rounds and fine-tunes after each
+one (`run_pruning`): one round is the one-shot schedule, several rounds the
+iterative one. Round r keeps round(channels x keep_ratio ** (r / rounds)) of the
+teacher's channels in every pruned group (`round_widths`, `round_archs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +42,21 @@ from .models import GROUP_BASE_CHANNELS, ArchSpec, WideResNet, build_model
 
 __all__ = [
     "CRITERIA",
+    "SCHEDULES",
     "ChannelGroup",
     "channel_groups",
+    "fine_tune_criterion",
+    "fine_tune_rounds",
     "kept_channels",
     "prune_model",
     "prune_to_widths",
+    "pruned_arch",
+    "round_archs",
     "round_widths",
     "run_pruning",
 ]
+
+SCHEDULES = ("one-shot", "iterative")
 
 
 # --------------------------------------------------------------------------
@@ -171,8 +184,8 @@ def round_widths(channels: int, keep_ratio: float, rounds: int) -> list[int]:
     floors of the previous round's width would drift: 32 channels at keep 0.5
     over 10 rounds would end at 12, not 16.
     """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
     if not 0.0 < keep_ratio < 1.0:
         raise ValueError(f"keep ratio must be strictly between 0 and 1, got {keep_ratio}")
     widths = [max(1, int(round(channels * keep_ratio ** (r / rounds)))) for r in range(1, rounds + 1)]
@@ -260,15 +273,41 @@ def prune_model(model: WideResNet, pruning_ratio: float, criterion: str = "l1", 
     (one of `CRITERIA`). `seed` drives the `random` criterion. `model` is left
     unchanged.
     """
+    target = pruned_arch(model.arch, pruning_ratio)
+    return prune_to_widths(model, target.stream, target.inner, criterion=criterion, seed=seed)
+
+
+def pruned_arch(arch: ArchSpec, pruning_ratio: float) -> ArchSpec:
+    """Return the layout left after removing `pruning_ratio` of every prunable group's channels.
+
+    A group's residual stream is prunable when its first block has a projection
+    shortcut; otherwise it carries the stem's channels and keeps its width.
+    """
     check_ratio(pruning_ratio)
-    arch = model.arch
-    groups = {group.name: group for group in channel_groups(model)}
-    stream = tuple(
-        kept_channels(c, pruning_ratio) if groups[f"group{g + 1}.stream"].prunable else c
-        for g, c in enumerate(arch.stream)
-    )
+    stream = tuple(kept_channels(c, pruning_ratio) if arch.shortcuts[g] else c for g, c in enumerate(arch.stream))
     inner = tuple(kept_channels(c, pruning_ratio) for c in arch.inner)
-    return prune_to_widths(model, stream, inner, criterion=criterion, seed=seed)
+    return dataclasses.replace(arch, stream=stream, inner=inner)
+
+
+def round_archs(arch: ArchSpec, pruning_ratio: float, rounds: int) -> list[ArchSpec]:
+    """Return the layout after each of `rounds` pruning rounds; the last is `pruned_arch`.
+
+    Every prunable group (inner and stream) follows `round_widths` of its own
+    original width, so each round's widths come from the original model, not
+    from the previous round's rounded widths.
+    """
+    target = pruned_arch(arch, pruning_ratio)
+    keep = 1.0 - float(pruning_ratio)
+    streams = [round_widths(c, keep, rounds) if arch.shortcuts[g] else [c] * rounds
+               for g, c in enumerate(arch.stream)]
+    inners = [round_widths(c, keep, rounds) for c in arch.inner]
+    archs = [
+        dataclasses.replace(arch, stream=tuple(s[r] for s in streams), inner=tuple(i[r] for i in inners))
+        for r in range(rounds)
+    ]
+    if archs[-1] != target:
+        raise RuntimeError(f"the last pruning round gives {archs[-1]}, not the target {target}")
+    return archs
 
 
 def compare_with_native(arch: ArchSpec, width: int) -> dict:
@@ -291,62 +330,220 @@ def compare_with_native(arch: ArchSpec, width: int) -> dict:
 # The pruning run
 # --------------------------------------------------------------------------
 
+ROUNDS_FOLDER = "rounds"     # <run folder>/rounds/<NN>/ contains one round's checkpoint, history and weights
+# Round r (from 1) seeds its batch order, augmentation and `random` scores with seed + (r - 1) x stride,
+# so that rounds do not repeat the same batches.
+ROUND_SEED_STRIDE = 1000
+
+
+def round_folder(folder: str | Path, round_index: int) -> Path:
+    """Return the folder of round `round_index` (counted from 1) inside a run folder."""
+    return Path(folder) / ROUNDS_FOLDER / f"{round_index:02d}"
+
+
+def fine_tune_criterion(cfg, teacher: nn.Module):
+    """Return the fine-tuning loss of a pruning run: KD from the unpruned `teacher`, or None for cross-entropy.
+
+    With `cfg.use_kd` the loss is `distill.kd_loss` with the run's temperature,
+    ce_weight and kd_weight, and the teacher is the unpruned model the run
+    started from, in every round.
+    """
+    from .distill import KDCriterion
+
+    if not cfg.use_kd:
+        return None
+    return KDCriterion(teacher, cfg.temperature, cfg.ce_weight, cfg.kd_weight)
+
+
+def _cpu_copy(model: WideResNet) -> WideResNet:
+    copy = build_model(model.arch)
+    copy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return copy.eval()
+
+
+def _global_rows(rows: list[dict], round_index: int, epochs_per_round: int) -> list[dict]:
+    # Number epochs across the whole run and tag each row with its round.
+    return [{"epoch": (round_index - 1) * epochs_per_round + row["epoch"], "round": round_index,
+             **{k: v for k, v in row.items() if k != "epoch"}} for row in rows]
+
+
+def fine_tune_rounds(model: WideResNet, data, cfg, folder: str | Path, criterion=None,
+                     device: torch.device | None = None, progress: bool = False) -> dict:
+    """Prune `model` in `cfg.rounds` rounds and fine-tune after each; return `fit`'s result for the whole run.
+
+    Round r prunes the current model to `round_archs(...)[r - 1]` with
+    `cfg.criterion`, measures test accuracy, then fine-tunes it for
+    `cfg.round_epochs` epochs with `fit` in `rounds/<NN>/` and measures test
+    accuracy again. Each round restarts the learning-rate schedule: SGD starts
+    again at `cfg.lr` (new momentum buffers, because the tensors changed shape)
+    and multiplies it by `cfg.lr_gamma` after each of `cfg.milestones` epochs
+    of the round. `model` itself is never changed.
+
+    The run resumes after a crash. Round r's record is `rounds/<NN>/round.json`
+    (NN = r with two digits), which gets the test accuracy once the round is
+    finished; its `model.pt` stays until the next round is finished. An
+    unfinished round resumes from its own per-epoch `checkpoint.pt`. The run
+    folder's `history.csv` contains every epoch so far, with a `round` column.
+    The result adds "model" (the last round's model) and "extra" with
+    `round_accuracy` (one record per round) and `test_acc_after_pruning` (the
+    first round's accuracy before fine-tuning).
+    """
+    from tqdm import tqdm
+
+    from . import runs
+    from .train import default_device, evaluate, fit, resolve_precision
+
+    folder = Path(folder)
+    device = device or default_device()
+    precision = resolve_precision(cfg.precision, device)
+    archs = round_archs(model.arch, cfg.pruning_ratio, cfg.rounds)
+    epochs_per_round = cfg.round_epochs
+
+    done_rows: list[dict] = []
+    records: list[dict] = []
+    resumed_from_epoch: int | None = None   # epochs already trained when this call started
+    result: dict = {}
+    current: WideResNet | None = None
+    bar = tqdm(total=cfg.rounds, desc=f"{cfg.run_id} rounds", unit="round", disable=not progress)
+    for r, arch in enumerate(archs, start=1):
+        here = round_folder(folder, r)
+        record_path = here / "round.json"
+        record = runs.read_json(record_path) if record_path.is_file() else None
+        if record is not None and "test_acc" in record:
+            done_rows += _global_rows(runs.read_history(here), r, epochs_per_round)
+            records.append(record)
+            current = None  # loaded from disk only if a later round needs it
+            bar.update()
+            continue
+
+        round_seed = cfg.seed + (r - 1) * ROUND_SEED_STRIDE
+        if r == 1:
+            source = _cpu_copy(model)
+        elif current is not None:
+            source = _cpu_copy(current)
+        else:
+            source = runs.load_model(round_folder(folder, r - 1) / "model.pt")
+        pruned = prune_to_widths(source, arch.stream, arch.inner, criterion=cfg.criterion, seed=round_seed)
+        del source
+        pruned = pruned.to(device, memory_format=torch.channels_last)
+        if record is None:
+            _, acc_after_pruning = evaluate(pruned, data.test_x, data.test_y, data.mean, data.std,
+                                            cfg.eval_batch_size, precision)
+            record = {
+                "round": r,
+                "stream": list(arch.stream),
+                "inner": list(arch.inner),
+                "params": sum(p.numel() for p in pruned.parameters()),
+                "epochs": epochs_per_round,
+                "test_acc_after_pruning": acc_after_pruning,
+            }
+            runs.atomic_write_json(record_path, record)
+
+        round_cfg = dataclasses.replace(cfg, run_id=f"{cfg.run_id} round {r}/{cfg.rounds}",
+                                        epochs=epochs_per_round, seed=round_seed)
+        previous_rows = list(done_rows)
+
+        def write_history(rows: list[dict], r: int = r, previous_rows: list[dict] = previous_rows) -> None:
+            combined = previous_rows + _global_rows(rows, r, epochs_per_round)
+            runs.atomic_write_text(folder / "history.csv", runs.history_to_csv(combined))
+
+        result = fit(pruned, data, round_cfg, here, criterion=criterion, device=device, progress=progress,
+                     on_epoch=write_history)
+        if resumed_from_epoch is None:
+            resumed_from_epoch = len(done_rows) + result["resumed_from_epoch"]
+        done_rows += _global_rows(result["history"], r, epochs_per_round)
+        record.update(test_acc=result["test_acc"], test_loss=result["test_loss"],
+                      train_seconds=result["train_seconds"])
+        # Weights before the record: a round counts as finished only once its model is on disk.
+        runs.save_model(pruned, here / "model.pt")
+        runs.atomic_write_json(record_path, record)
+        (here / "checkpoint.pt").unlink(missing_ok=True)
+        if r > 1:
+            (round_folder(folder, r - 1) / "model.pt").unlink(missing_ok=True)
+        records.append(record)
+        current = pruned
+        bar.update()
+    bar.close()
+
+    runs.atomic_write_text(folder / "history.csv", runs.history_to_csv(done_rows))
+    last = records[-1]
+    if current is None:
+        current = runs.load_model(round_folder(folder, cfg.rounds) / "model.pt")
+    return {
+        "history": done_rows,
+        "test_loss": last["test_loss"],
+        "test_acc": last["test_acc"],
+        "train_seconds": sum(row["seconds"] for row in done_rows),
+        "precision": result.get("precision", precision),
+        "resumed_from_epoch": len(done_rows) if resumed_from_epoch is None else resumed_from_epoch,
+        "model": current,
+        "extra": {
+            "round_accuracy": records,
+            "test_acc_after_pruning": records[0]["test_acc_after_pruning"],
+        },
+    }
+
+
 def run_pruning(config: dict, runs_dir: str | Path | None = None, data_root: str | Path | None = None,
                 threads: int | None = None, progress: bool = False) -> dict:
-    """Prune the run store's teacher once, fine-tune it and return the metrics."""
+    """Prune the run store's teacher with the run's schedule, fine-tune it and return the metrics.
+
+    The schedule is `fine_tune_rounds` with one round (one-shot) or several
+    (iterative); `cfg.epochs` counts every fine-tuning epoch of the run. Besides
+    the common metrics, metrics.json gets the pruning settings, the widths
+    before and after, the teacher's test accuracy, the accuracy right after the
+    first pruning, `round_accuracy`, and how the result differs from the native
+    student (`compare_with_native`).
+    """
     from . import runs
-    from .distill import KDCriterion
     from .errors import ConfigError
     from .train import evaluate, execute_run, resolve_precision
 
     def build(cfg, data, teacher):
-        if cfg.schedule != "one-shot":
-            raise ConfigError(f"run {cfg.run_id}: schedule {cfg.schedule!r} is not available; use one-shot")
-        teacher_cpu = teacher.cpu().float()
         try:
-            pruned = prune_model(teacher_cpu, cfg.pruning_ratio, criterion=cfg.criterion, seed=cfg.seed)
+            archs = round_archs(teacher.arch, cfg.pruning_ratio, cfg.rounds)
         except ValueError as exc:
             raise ConfigError(f"run {cfg.run_id}: {exc}") from None
+        final = archs[-1]
         expected = ArchSpec.native(cfg.depth, cfg.width, data.num_classes)
-        if tuple(pruned.arch.stream) != expected.stream:
+        if tuple(final.stream) != expected.stream:
             raise ConfigError(
                 f"run {cfg.run_id}: pruning {teacher.name} by {cfg.pruning_ratio} gives stream widths "
-                f"{list(pruned.arch.stream)}, not those of WRN-{cfg.depth}-{cfg.width} {list(expected.stream)}"
+                f"{list(final.stream)}, not those of WRN-{cfg.depth}-{cfg.width} {list(expected.stream)}"
             )
-        device = next(teacher.parameters()).device
         info_path = runs.run_dir(runs.runs_root(runs_dir), cfg.profile, cfg.run_id) / "pruning.json"
         if info_path.is_file():
             info = runs.read_json(info_path)
         else:
-            pruned_eval = pruned.to(device, memory_format=torch.channels_last)
-            precision = resolve_precision(cfg.precision, device)
-            teacher_eval = teacher_cpu.to(device, memory_format=torch.channels_last)
-            _, acc_before = evaluate(teacher_eval, data.test_x, data.test_y, data.mean, data.std,
-                                     cfg.eval_batch_size, precision)
-            _, acc_after = evaluate(pruned_eval, data.test_x, data.test_y, data.mean, data.std,
-                                    cfg.eval_batch_size, precision)
+            device = next(teacher.parameters()).device
+            _, teacher_acc = evaluate(teacher, data.test_x, data.test_y, data.mean, data.std,
+                                      cfg.eval_batch_size, resolve_precision(cfg.precision, device))
             info = {
                 "pruning_ratio": cfg.pruning_ratio,
                 "criterion": cfg.criterion,
                 "schedule": cfg.schedule,
-                "rounds": 1,
-                "epochs_per_round": cfg.epochs,
+                "rounds": cfg.rounds,
+                "epochs_per_round": cfg.round_epochs,
+                "use_kd": cfg.use_kd,
                 "teacher_model": teacher.name,
                 "teacher_width": teacher.arch.stream[0] // GROUP_BASE_CHANNELS[0],
                 "widths_before": list(teacher.arch.stream),
-                "widths_after": list(pruned.arch.stream),
+                "widths_after": list(final.stream),
                 "inner_before": list(teacher.arch.inner),
-                "inner_after": list(pruned.arch.inner),
-                "teacher_test_acc": acc_before,
-                "test_acc_after_pruning": acc_after,
-                "use_kd": cfg.use_kd,
-                **compare_with_native(pruned.arch, cfg.width),
+                "inner_after": list(final.inner),
+                "teacher_test_acc": teacher_acc,
+                **compare_with_native(final, cfg.width),
             }
+            if cfg.use_kd:
+                info["kd"] = {"temperature": cfg.temperature, "ce_weight": cfg.ce_weight,
+                              "kd_weight": cfg.kd_weight}
             runs.atomic_write_json(info_path, info)
-        teacher_device = teacher_cpu.to(device, memory_format=torch.channels_last)
-        criterion = (KDCriterion(teacher_device, cfg.temperature, cfg.ce_weight, cfg.kd_weight)
-                     if cfg.use_kd else None)
-        return pruned, criterion, info
+        return teacher, fine_tune_criterion(cfg, teacher), info
 
-    return execute_run(config, build, runs_dir=runs_dir, data_root=data_root, threads=threads,
-                       progress=progress)
+    metrics = execute_run(config, build, runs_dir=runs_dir, data_root=data_root, threads=threads,
+                          progress=progress, train=fine_tune_rounds)
+    # metrics.json is written, so the per-round weights (the last one equals model.pt) can go.
+    folder = runs.run_dir(runs.runs_root(runs_dir), metrics["profile"], metrics["run_id"])
+    for leftover in folder.glob(f"{ROUNDS_FOLDER}/*/model.pt"):
+        leftover.unlink()
+    return metrics

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .grid import Profile, get_profile
+from .grid import CANONICAL_PRUNING, Pair, Profile, PruneVariant, get_profile
 
 __all__ = [
     "CAMERA_FPS",
@@ -22,9 +22,20 @@ __all__ = [
     "discussion_numbers",
     "drone_numbers",
     "drone_table",
+    "iterative_variants",
+    "criterion_table",
     "load_history",
     "load_results",
+    "method_label",
     "pair_table",
+    "plot_round_accuracy",
+    "plot_run_rounds",
+    "prune_kd_table",
+    "prune_variant",
+    "pruning_numbers",
+    "round_accuracy_frame",
+    "run_round_table",
+    "schedule_table",
     "plot_history",
     "plot_pair_curves",
     "plot_tradeoff",
@@ -36,7 +47,7 @@ __all__ = [
 CAMERA_FPS = 30             # frames per second of the on-board camera the drone chapter assumes
 BACKLOG_FRAMES = 1_000_000  # frames in the recorded backlog of the drone chapter
 
-METHOD_LABELS = {"scratch": "scratch", "kd": "KD", "prune": "pruning (one-shot)"}
+METHOD_LABELS = {"scratch": "scratch", "kd": "KD", "prune": "pruning (one-shot, l1)"}
 METHOD_ORDER = {"scratch": 0, "kd": 1, "prune": 2}
 MARKERS = {"teacher": ("s", "black"), "scratch": ("o", "tab:blue"), "kd": ("^", "tab:orange"),
            "prune": ("D", "tab:green")}
@@ -124,7 +135,7 @@ def results_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     for _, group in subset.sort_values("order").groupby("config_id", sort=False):
         first = group.iloc[0]
         rows.append({
-            "Method": METHOD_LABELS.get(first["method"], first["method"]),
+            "Method": method_label(first),
             "Model": first["model"],
             "Teacher": _teacher_label(results, first["teacher_run_id"]),
             "Test acc (%)": _mean_std(group["test_acc"]),
@@ -145,7 +156,11 @@ def _mean_acc(results: pd.DataFrame, **match) -> float:
 
 
 def pair_rows(results: pd.DataFrame, dataset: str, profile: Profile | str) -> list[dict]:
-    """Return per (teacher, student) pair the mean accuracies of every method, as numbers."""
+    """Return per (teacher, student) pair the mean accuracies of every method, as numbers.
+
+    Node pruning here is the canonical variant (one-shot, L1, no KD); `schedule_table`,
+    `criterion_table` and `prune_kd_table` compare the other variants.
+    """
     profile = get_profile(profile) if isinstance(profile, str) else profile
     subset = results[results["dataset"] == dataset] if not results.empty else results
     rows = []
@@ -159,7 +174,7 @@ def pair_rows(results: pd.DataFrame, dataset: str, profile: Profile | str) -> li
             students = subset[subset["teacher_run_id"].astype(str).str.contains(
                 f"-wrn{profile.depth}-{pair.teacher_width}-s")]
             kd = _mean_acc(students, method="kd", width=pair.student_width)
-            prune_runs = students[(students["method"] == "prune") & (students["width"] == pair.student_width)]
+            prune_runs = _prune_runs(subset, profile, pair, CANONICAL_PRUNING)
             pruned = float(prune_runs["test_acc"].mean()) if not prune_runs.empty else math.nan
             after_pruning = (float(prune_runs["test_acc_after_pruning"].mean())
                              if not prune_runs.empty and "test_acc_after_pruning" in prune_runs else math.nan)
@@ -252,7 +267,7 @@ def drone_table(results: pd.DataFrame, camera_fps: float = CAMERA_FPS,
         fps = 1000.0 / latency
         rows.append({
             "Dataset": first["dataset"],
-            "Method": METHOD_LABELS.get(first["method"], first["method"]),
+            "Method": method_label(first),
             "Model": first["model"],
             "Test acc (%)": round(float(group["test_acc"].mean()), 2),
             "Latency b1 (ms)": round(latency, 3),
@@ -338,13 +353,18 @@ TRADEOFF_AXES = {
 
 
 def plot_tradeoff(results: pd.DataFrame, dataset: str, axis: str, profile: Profile | str):
-    """Plot test accuracy against params, MACs or latency, one marker per method, Pareto front drawn."""
+    """Plot test accuracy against params, MACs or latency, one marker per method, Pareto front drawn.
+
+    Node pruning is shown by its canonical variant (one-shot, L1, no KD) only;
+    the other variants have the same layout and so the same cost.
+    """
     plt = _pyplot()
     profile = get_profile(profile) if isinstance(profile, str) else profile
     column, label, scale = TRADEOFF_AXES[axis]
     teacher_widths = {p.teacher_width for p in profile.pairs} - {p.student_width for p in profile.pairs}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    subset = results[results["dataset"] == dataset] if not results.empty else results
+    subset = _without_prune_variants(results[results["dataset"] == dataset], profile) \
+        if not results.empty else results
     if not subset.empty:
         grouped = subset.groupby("config_id", sort=False).agg(
             x=(column, "mean"), y=("test_acc", "mean"), method=("method", "first"), width=("width", "first"),
@@ -372,11 +392,15 @@ def plot_tradeoff(results: pd.DataFrame, dataset: str, axis: str, profile: Profi
 
 
 def plot_pair_curves(results: pd.DataFrame, dataset: str, runs_dir: str | Path | None, profile: Profile | str):
-    """Plot validation accuracy per epoch of every method of every pair, one panel per pair."""
+    """Plot validation accuracy per epoch of every method of every pair, one panel per pair.
+
+    Node pruning is shown by its canonical variant (one-shot, L1, no KD) only.
+    """
     plt = _pyplot()
     profile = get_profile(profile) if isinstance(profile, str) else profile
     fig, axes = plt.subplots(1, len(profile.pairs), figsize=(4.2 * len(profile.pairs), 3.4), squeeze=False)
-    subset = results[results["dataset"] == dataset] if not results.empty else results
+    subset = _without_prune_variants(results[results["dataset"] == dataset], profile) \
+        if not results.empty else results
     for ax, pair in zip(axes[0], profile.pairs):
         ax.set_title(f"WRN-{profile.depth}-{pair.teacher_width} -> {pair.student_width}", fontsize=10)
         if not subset.empty:
@@ -404,7 +428,7 @@ def run_metrics_table(metrics: dict) -> pd.DataFrame:
     rows = [
         ("run id", metrics["run_id"]),
         ("dataset", metrics["dataset"]),
-        ("method", METHOD_LABELS.get(metrics["method"], metrics["method"])),
+        ("method", method_label(metrics)),
         ("model", metrics.get("model", f"WRN-{metrics['depth']}-{metrics['width']}")),
         ("teacher run", metrics.get("teacher_run_id") or "-"),
         ("seed", metrics["seed"]),
@@ -424,3 +448,374 @@ def run_metrics_table(metrics: dict) -> pd.DataFrame:
         ("git commit", metrics["git_commit"]),
     ]
     return pd.DataFrame(rows, columns=["Metric", "Value"]).set_index("Metric")
+
+
+# --------------------------------------------------------------------------
+# Node-pruning variants: schedules, criteria, prune + KD
+# --------------------------------------------------------------------------
+
+def _field(row, key: str, default=None):
+    """Return row[key] for a dict or a pandas row, with `default` for a missing key or NaN."""
+    value = row.get(key, default) if hasattr(row, "get") else default
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    return value
+
+
+def prune_variant(row, profile: Profile | str) -> PruneVariant | None:
+    """Return the pruning variant of a run (metrics dict or results row), or None for other methods.
+
+    A one-shot run that fine-tunes for the profile's epochs maps to a variant
+    with `epochs_per_round=None`, as in the profile's `prune_variants`.
+    """
+    if _field(row, "method") != "prune":
+        return None
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    schedule = _field(row, "schedule", "one-shot")
+    rounds = int(_field(row, "rounds", 1))
+    epochs_per_round = _field(row, "epochs_per_round")
+    if epochs_per_round is not None:
+        epochs_per_round = int(epochs_per_round)
+    if schedule == "one-shot" and epochs_per_round in (None, profile.epochs):
+        epochs_per_round = None
+    return PruneVariant(criterion=_field(row, "criterion", "l1"), schedule=schedule, rounds=rounds,
+                        epochs_per_round=epochs_per_round, use_kd=bool(_field(row, "use_kd", False)))
+
+
+def _variant_label(variant: PruneVariant) -> str:
+    if variant.schedule == "one-shot":
+        schedule = "one-shot" if variant.epochs_per_round is None else f"one-shot {variant.epochs_per_round} ep"
+    else:
+        schedule = f"iterative {variant.rounds} x {variant.epochs_per_round} ep"
+    return f"pruning{' + KD' if variant.use_kd else ''} ({schedule}, {variant.criterion})"
+
+
+def method_label(row) -> str:
+    """Return the label of a run's method, e.g. "KD" or "pruning (iterative 10 x 20 ep, l1)".
+
+    A pruning label names the schedule, the criterion and whether the
+    fine-tuning used KD, e.g. "pruning + KD (one-shot, l1)".
+    """
+    method = _field(row, "method", "")
+    if method != "prune":
+        return METHOD_LABELS.get(method, method)
+    schedule = _field(row, "schedule", "one-shot")
+    variant = PruneVariant(criterion=_field(row, "criterion", "l1"), schedule=schedule,
+                           rounds=int(_field(row, "rounds", 1)),
+                           epochs_per_round=None if schedule == "one-shot" else int(_field(row, "epochs_per_round", 0)),
+                           use_kd=bool(_field(row, "use_kd", False)))
+    return _variant_label(variant)
+
+
+def _variant_tags(frame: pd.DataFrame, profile: Profile) -> pd.Series:
+    return pd.Series([
+        (variant.tag if (variant := prune_variant(row, profile)) is not None else "")
+        for _, row in frame.iterrows()
+    ], index=frame.index, dtype=object)
+
+
+def _without_prune_variants(frame: pd.DataFrame, profile: Profile) -> pd.DataFrame:
+    """Drop every pruning run that is not the canonical variant (one-shot, L1, no KD)."""
+    if frame.empty:
+        return frame
+    tags = _variant_tags(frame, profile)
+    return frame[(frame["method"] != "prune") | (tags == CANONICAL_PRUNING.tag)]
+
+
+def _pair_runs(subset: pd.DataFrame, profile: Profile, pair: Pair) -> pd.DataFrame:
+    """Return the runs that start from the pair's teacher and end at its student width."""
+    if subset.empty:
+        return subset
+    return subset[(subset["width"] == pair.student_width)
+                  & subset["teacher_run_id"].astype(str).str.contains(f"-wrn{profile.depth}-{pair.teacher_width}-s")]
+
+
+def _prune_runs(subset: pd.DataFrame, profile: Profile, pair: Pair, variant: PruneVariant) -> pd.DataFrame:
+    """Return the pruning runs of one pair and one variant (every seed)."""
+    runs_of_pair = _pair_runs(subset, profile, pair)
+    if runs_of_pair.empty:
+        return runs_of_pair
+    runs_of_pair = runs_of_pair[runs_of_pair["method"] == "prune"]
+    tags = _variant_tags(runs_of_pair, profile)
+    return runs_of_pair[tags == variant.tag]
+
+
+def _mean_column(frame: pd.DataFrame, column: str) -> float:
+    if frame.empty or column not in frame:
+        return math.nan
+    values = pd.to_numeric(frame[column], errors="coerce").dropna()
+    return float(values.mean()) if not values.empty else math.nan
+
+
+def _pair_name(profile: Profile, pair: Pair) -> str:
+    return f"WRN-{profile.depth}-{pair.teacher_width} -> WRN-{profile.depth}-{pair.student_width}"
+
+
+def _dataset_rows(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    return results[results["dataset"] == dataset] if not results.empty else results
+
+
+def iterative_variants(profile: Profile | str) -> list[PruneVariant]:
+    """Return the profile's iterative pruning variants in profile order (the first is the primary one)."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    return [v for v in profile.prune_variants if v.schedule == "iterative"]
+
+
+def _schedule_name(variant: PruneVariant) -> str:
+    return f"{variant.rounds} x {variant.epochs_per_round}"
+
+
+def schedule_table(results: pd.DataFrame, dataset: str, profile: Profile | str) -> pd.DataFrame:
+    """Return one-shot vs iterative node pruning (L1, no KD) per pair: final test accuracy and difference.
+
+    One column pair per iterative variant of the profile, named by rounds x
+    epochs per round; NaN where a pair has no run of that variant.
+    """
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    subset = _dataset_rows(results, dataset)
+    table = []
+    for pair in profile.pairs:
+        one_shot = _mean_column(_prune_runs(subset, profile, pair, CANONICAL_PRUNING), "test_acc")
+        row = {
+            "Teacher -> student": _pair_name(profile, pair),
+            f"One-shot, {profile.epochs} ep (%)": one_shot,
+        }
+        for variant in iterative_variants(profile):
+            final = _mean_column(_prune_runs(subset, profile, pair, variant), "test_acc")
+            name = _schedule_name(variant)
+            row[f"Iterative {name} ep (%)"] = final
+            row[f"Iterative {name} - one-shot (%p)"] = final - one_shot
+        table.append(row)
+    return pd.DataFrame(table).round(2)
+
+
+def criterion_table(results: pd.DataFrame, dataset: str, profile: Profile | str) -> pd.DataFrame:
+    """Return L1 vs L2 filter-norm criteria (one-shot, no KD) per pair, before and after fine-tuning."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    subset = _dataset_rows(results, dataset)
+    table = []
+    for pair in profile.pairs:
+        l1 = _prune_runs(subset, profile, pair, CANONICAL_PRUNING)
+        l2 = _prune_runs(subset, profile, pair, PruneVariant(criterion="l2"))
+        l1_final, l2_final = _mean_column(l1, "test_acc"), _mean_column(l2, "test_acc")
+        table.append({
+            "Teacher -> student": _pair_name(profile, pair),
+            "L1, before fine-tune (%)": _mean_column(l1, "test_acc_after_pruning"),
+            "L2, before fine-tune (%)": _mean_column(l2, "test_acc_after_pruning"),
+            "L1 + fine-tune (%)": l1_final,
+            "L2 + fine-tune (%)": l2_final,
+            "L2 - L1 (%p)": l2_final - l1_final,
+        })
+    return pd.DataFrame(table).round(2)
+
+
+def prune_kd_table(results: pd.DataFrame, dataset: str, profile: Profile | str) -> pd.DataFrame:
+    """Return per pair the KD student, one-shot pruning, and one-shot pruning fine-tuned with KD."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    subset = _dataset_rows(results, dataset)
+    table = []
+    for pair in profile.pairs:
+        pair_runs = _pair_runs(subset, profile, pair)
+        kd = _mean_column(pair_runs[pair_runs["method"] == "kd"], "test_acc") if not pair_runs.empty else math.nan
+        pruned = _mean_column(_prune_runs(subset, profile, pair, CANONICAL_PRUNING), "test_acc")
+        pruned_kd = _mean_column(_prune_runs(subset, profile, pair, PruneVariant(use_kd=True)), "test_acc")
+        table.append({
+            "Teacher -> student": _pair_name(profile, pair),
+            "KD student (%)": kd,
+            "Pruning (%)": pruned,
+            "Pruning + KD (%)": pruned_kd,
+            "Pruning + KD - pruning (%p)": pruned_kd - pruned,
+            "Pruning + KD - KD (%p)": pruned_kd - kd,
+        })
+    return pd.DataFrame(table).round(2)
+
+
+def round_accuracy_frame(results: pd.DataFrame, dataset: str, profile: Profile | str) -> pd.DataFrame:
+    """Return test accuracy per pruning round, one row per (pair, variant, round), seeds averaged.
+
+    Columns: pair, variant, round, stream (widths after the round), params,
+    acc_after_pruning (before that round's fine-tuning) and acc_after_fine_tune.
+    Every variant with a `round_accuracy` record is listed; one-shot runs have one round.
+    """
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    columns = ["pair", "variant", "round", "stream", "params", "acc_after_pruning", "acc_after_fine_tune"]
+    subset = _dataset_rows(results, dataset)
+    rows = []
+    for pair in profile.pairs:
+        for variant in profile.prune_variants:
+            chosen = _prune_runs(subset, profile, pair, variant)
+            if chosen.empty or "round_accuracy" not in chosen:
+                continue
+            records = [r for value in chosen["round_accuracy"] if isinstance(value, list) for r in value]
+            for index in sorted({r["round"] for r in records}):
+                same = [r for r in records if r["round"] == index]
+                rows.append({
+                    "pair": _pair_name(profile, pair),
+                    "variant": _variant_label(variant),
+                    "round": index,
+                    "stream": "/".join(str(c) for c in same[0]["stream"]),
+                    "params": same[0]["params"],
+                    "acc_after_pruning": float(np.mean([r["test_acc_after_pruning"] for r in same])),
+                    "acc_after_fine_tune": float(np.mean([r["test_acc"] for r in same if "test_acc" in r])),
+                })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def plot_round_accuracy(results: pd.DataFrame, dataset: str, profile: Profile | str):
+    """Plot test accuracy per round of every iterative variant, one panel per pair.
+
+    Dashed lines: right after the round's pruning; solid lines: after its
+    fine-tuning. Horizontal lines: the teacher and the one-shot (L1, no KD) result.
+    """
+    plt = _pyplot()
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    subset = _dataset_rows(results, dataset)
+    frame = round_accuracy_frame(results, dataset, profile)
+    from matplotlib.ticker import MaxNLocator
+
+    width = max(6.4, 4.2 * len(profile.pairs))   # one panel still needs room for the title
+    fig, axes = plt.subplots(1, len(profile.pairs), figsize=(width, 3.6), squeeze=False)
+    colors = ["tab:purple", "tab:red", "tab:brown", "tab:olive"]
+    for ax, pair in zip(axes[0], profile.pairs):
+        name = _pair_name(profile, pair)
+        ax.set_title(name, fontsize=9)
+        teacher = _mean_acc(subset, method="scratch", width=pair.teacher_width) if not subset.empty else math.nan
+        one_shot = _mean_column(_prune_runs(subset, profile, pair, CANONICAL_PRUNING), "test_acc")
+        if not math.isnan(teacher):
+            ax.axhline(teacher, color="black", linestyle=":", label="teacher")
+        if not math.isnan(one_shot):
+            ax.axhline(one_shot, color="tab:green", linestyle="-.", label="one-shot + fine-tune")
+        for color, variant in zip(colors, iterative_variants(profile)):
+            part = frame[(frame["pair"] == name) & (frame["variant"] == _variant_label(variant))]
+            if part.empty:
+                continue
+            label = f"iterative {_schedule_name(variant)} ep"
+            ax.plot(part["round"], part["acc_after_pruning"], "o--", color=color, alpha=0.7,
+                    label=f"{label}: after pruning")
+            ax.plot(part["round"], part["acc_after_fine_tune"], "s-", color=color, label=f"{label}: after fine-tune")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no iterative run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("pruning round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{dataset}: iterative node pruning per round "
+                 f"[{profile.name}{' miniature' if profile.miniature else ''}]")
+    fig.tight_layout()
+    return fig
+
+
+def _round_drops(chosen: pd.DataFrame, teacher: float) -> list[float]:
+    """Return each round's accuracy change from pruning alone (%p), against the previous round's fine-tuned result."""
+    drops = []
+    for value in chosen.get("round_accuracy", pd.Series(dtype=object)):
+        if not isinstance(value, list):
+            continue
+        previous = teacher
+        for record in sorted(value, key=lambda r: r["round"]):
+            drops.append(record["test_acc_after_pruning"] - previous)
+            previous = record.get("test_acc", math.nan)
+    return [d for d in drops if not math.isnan(d)]
+
+
+def pruning_numbers(results: pd.DataFrame, profile: Profile | str) -> dict:
+    """Return the numbers the pruning chapter quotes, keyed by glue name.
+
+    Per data set, each number is a mean in %p over the pairs that have both
+    runs, and a `*_pairs` key gives the number of those pairs. The differences
+    are: the primary (first) iterative variant minus one-shot; the second
+    iterative variant (the longer budget in the `paper` profile) minus
+    one-shot; L2 minus L1; prune + KD minus pruning and minus KD. Values are
+    NaN, "n/a" or 0 where the profile has no such run.
+    """
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    iterative = iterative_variants(profile)
+    primary = iterative[0] if iterative else None
+    longer = iterative[1] if len(iterative) > 1 else None
+    numbers: dict = {
+        "oneshot_epochs": profile.epochs,
+        "iterative_label": f"{primary.rounds} round × {primary.epochs_per_round} epoch" if primary else "n/a",
+        "iterative_epochs": primary.rounds * primary.epochs_per_round if primary else 0,
+        "long_iterative_label": f"{longer.rounds} round × {longer.epochs_per_round} epoch" if longer else "n/a",
+        "long_iterative_epochs": longer.rounds * longer.epochs_per_round if longer else 0,
+    }
+
+    def mean_difference(first: list[float], second: list[float]) -> tuple[float, int]:
+        pairs = [(a, b) for a, b in zip(first, second) if not (math.isnan(a) or math.isnan(b))]
+        return (float(np.mean([a - b for a, b in pairs])) if pairs else math.nan), len(pairs)
+
+    for dataset in profile.datasets:
+        subset = _dataset_rows(results, dataset)
+
+        def finals(variant: PruneVariant | None) -> list[float]:
+            if variant is None:
+                return [math.nan] * len(profile.pairs)
+            return [_mean_column(_prune_runs(subset, profile, pair, variant), "test_acc") for pair in profile.pairs]
+
+        one_shot = finals(CANONICAL_PRUNING)
+        iterative_finals = finals(primary)
+        value, count = mean_difference(iterative_finals, one_shot)
+        numbers[f"{dataset}_iterative_minus_oneshot"] = value
+        numbers[f"{dataset}_iterative_pairs"] = count
+        numbers[f"{dataset}_iterative_wins"] = sum(
+            1 for a, b in zip(iterative_finals, one_shot) if not (math.isnan(a) or math.isnan(b)) and a > b)
+        value, count = mean_difference(finals(longer), one_shot)
+        numbers[f"{dataset}_long_iterative_minus_oneshot"] = value
+        numbers[f"{dataset}_long_iterative_pairs"] = count
+        value, count = mean_difference(finals(PruneVariant(criterion="l2")), one_shot)
+        numbers[f"{dataset}_l2_minus_l1"] = value
+        numbers[f"{dataset}_criterion_pairs"] = count
+        pruned_kd = finals(PruneVariant(use_kd=True))
+        value, count = mean_difference(pruned_kd, one_shot)
+        numbers[f"{dataset}_prunekd_minus_prune"] = value
+        numbers[f"{dataset}_prunekd_pairs"] = count
+        kd = [r["kd"] for r in pair_rows(results, dataset, profile)]
+        numbers[f"{dataset}_prunekd_minus_kd"] = mean_difference(pruned_kd, kd)[0]
+
+        iterative_drops, one_shot_drops = [], []
+        for pair in profile.pairs:
+            teacher = _mean_acc(subset, method="scratch", width=pair.teacher_width) if not subset.empty else math.nan
+            if primary is not None:
+                iterative_drops += _round_drops(_prune_runs(subset, profile, pair, primary), teacher)
+            one_shot_drops += _round_drops(_prune_runs(subset, profile, pair, CANONICAL_PRUNING), teacher)
+        numbers[f"{dataset}_iterative_round_drop"] = float(np.mean(iterative_drops)) if iterative_drops else math.nan
+        numbers[f"{dataset}_oneshot_drop"] = float(np.mean(one_shot_drops)) if one_shot_drops else math.nan
+    return numbers
+
+
+def run_round_table(metrics: dict) -> pd.DataFrame:
+    """Return one row per pruning round of one run: widths, parameters and test accuracy before and after fine-tuning."""
+    rows = []
+    for record in metrics.get("round_accuracy", []):
+        rows.append({
+            "Round": record["round"],
+            "Stream widths": "/".join(str(c) for c in record["stream"]),
+            "Params": f"{int(record['params']):,}",
+            "Fine-tune epochs": record.get("epochs", math.nan),
+            "After pruning (%)": round(record["test_acc_after_pruning"], 2),
+            "After fine-tune (%)": round(record.get("test_acc", math.nan), 2),
+        })
+    return pd.DataFrame(rows, columns=["Round", "Stream widths", "Params", "Fine-tune epochs", "After pruning (%)",
+                                       "After fine-tune (%)"])
+
+
+def plot_run_rounds(metrics: dict):
+    """Plot one pruning run's test accuracy per round, right after pruning and after fine-tuning."""
+    plt = _pyplot()
+    records = sorted(metrics.get("round_accuracy", []), key=lambda r: r["round"])
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    rounds = [r["round"] for r in records]
+    ax.plot(rounds, [r["test_acc_after_pruning"] for r in records], "o--", label="after pruning")
+    ax.plot(rounds, [r.get("test_acc", math.nan) for r in records], "s-", label="after fine-tune")
+    if "teacher_test_acc" in metrics:
+        ax.axhline(metrics["teacher_test_acc"], color="black", linestyle=":", label="teacher")
+    ax.set_xticks(rounds)
+    ax.set_xlabel("pruning round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{metrics.get('run_id', '')}: test accuracy per round", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

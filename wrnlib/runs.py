@@ -2,9 +2,11 @@
 
 Layout: `<runs root>/<profile>/<run_id>/` holds `config.json`, `history.csv`,
 `checkpoint.pt` (while training), `model.pt` (final weights), `metrics.json`
-and the executed notebook. A run is `done` only when `metrics.json` exists and
-has every key in `REQUIRED_METRICS`; a folder without it is `partial` and the
-next attempt resumes from its checkpoint.
+and the executed notebook. A pruning run also writes `pruning.json` and one
+`rounds/<NN>/` folder per pruning round (its checkpoint, history and record).
+A run is `done` only when `metrics.json` exists and has every key in
+`REQUIRED_METRICS`; a folder without it is `partial` and the next attempt
+resumes from its checkpoint.
 
 Every file is written to a temporary name in the same folder, flushed with
 fsync and renamed over the target, so a crash leaves either the old file or
@@ -259,13 +261,15 @@ class RunConfig:
     seed: int = 0
     teacher_run_id: str | None = None
     # Optimiser and schedule; defaults are the standard WRN recipe.
-    epochs: int = 200
+    epochs: int = 200               # total training epochs; for pruning, rounds x epochs_per_round
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    milestones: list[int] = field(default_factory=lambda: [60, 120, 160])   # epochs at which lr *= lr_gamma
+    # Epochs, counted from the start of each pruning round (from epoch 0 for other runs), after
+    # which lr *= lr_gamma.
+    milestones: list[int] = field(default_factory=lambda: [60, 120, 160])
     lr_gamma: float = 0.2
     dropout: float = 0.0
     # Data
@@ -274,15 +278,16 @@ class RunConfig:
     test_subset: int | None = None   # stratified subset of the test set; None = all 10,000
     eval_batch_size: int = 512
     precision: str = "auto"         # auto | bf16 | fp32
-    # Knowledge distillation (method kd, or prune with kd_weight > 0)
+    # Knowledge distillation (method kd, or method prune with use_kd)
     temperature: float = 4.0
     ce_weight: float = 0.1
     kd_weight: float = 0.9
     # Node pruning (method prune)
     pruning_ratio: float | None = None
-    criterion: str = "l1"
-    schedule: str = "one-shot"
-    rounds: int = 1
+    criterion: str = "l1"           # l1 | l2 | bn_scale | random (wrnlib.prune.CRITERIA)
+    schedule: str = "one-shot"      # one-shot | iterative
+    rounds: int = 1                 # pruning rounds; 1 for one-shot
+    epochs_per_round: int | None = None  # fine-tuning epochs after each round; None = epochs / rounds
     use_kd: bool = False            # prune only: fine-tune with KD from the unpruned teacher
     # Measurement
     latency_repeats: int = 30
@@ -317,13 +322,10 @@ class RunConfig:
             raise ConfigError(str(exc)) from None
         if self.method in ("kd", "prune") and not self.teacher_run_id:
             raise ConfigError(f"run {self.run_id}: method {self.method} needs a teacher_run_id")
-        if self.method == "prune":
-            ratio = self.pruning_ratio
-            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
-                raise ConfigError(f"run {self.run_id}: pruning_ratio must be in (0, 1), got {ratio!r}; it is the "
-                                  "fraction of channels removed from each pruned layer (0.5 halves the width)")
         if self.epochs < 1:
             raise ConfigError(f"run {self.run_id}: epochs must be >= 1, got {self.epochs}")
+        if self.method == "prune":
+            self._validate_pruning()
         if self.batch_size < 1:
             raise ConfigError(f"run {self.run_id}: batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
@@ -341,6 +343,48 @@ class RunConfig:
             raise ConfigError(f"run {self.run_id}: precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.temperature <= 0:
             raise ConfigError(f"run {self.run_id}: temperature must be > 0, got {self.temperature}")
+
+    def _validate_pruning(self) -> None:
+        from .prune import CRITERIA, SCHEDULES
+
+        ratio = self.pruning_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
+            raise ConfigError(f"run {self.run_id}: pruning_ratio must be in (0, 1), got {ratio!r}; it is the "
+                              "fraction of channels removed from each pruned layer (0.5 halves the width)")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"run {self.run_id}: unknown pruning criterion {self.criterion!r}; "
+                              f"choose one of {', '.join(CRITERIA)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"run {self.run_id}: unknown pruning schedule {self.schedule!r}; "
+                              f"choose one of {', '.join(SCHEDULES)}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"run {self.run_id}: rounds must be an integer >= 1, got {self.rounds!r}")
+        if self.schedule == "one-shot" and self.rounds != 1:
+            raise ConfigError(f"run {self.run_id}: a one-shot schedule prunes once, so rounds must be 1, "
+                              f"got {self.rounds}; use schedule iterative for several rounds")
+        if self.schedule == "iterative" and self.rounds < 2:
+            raise ConfigError(f"run {self.run_id}: an iterative schedule needs rounds >= 2, got "
+                              f"{self.rounds}; use schedule one-shot to prune once")
+        per_round = self.epochs_per_round
+        if per_round is not None and (isinstance(per_round, bool) or not isinstance(per_round, int) or per_round < 1):
+            raise ConfigError(f"run {self.run_id}: epochs_per_round must be an integer >= 1 or None, "
+                              f"got {per_round!r}")
+        if self.epochs_per_round is None:
+            if self.epochs % self.rounds:
+                raise ConfigError(f"run {self.run_id}: epochs {self.epochs} do not split into {self.rounds} "
+                                  "equal rounds; set epochs_per_round and epochs = rounds x epochs_per_round")
+        elif self.epochs != self.rounds * self.epochs_per_round:
+            raise ConfigError(
+                f"run {self.run_id}: epochs must equal rounds x epochs_per_round = {self.rounds} x "
+                f"{self.epochs_per_round}, got epochs {self.epochs}; epochs counts every fine-tuning epoch"
+            )
+
+    @property
+    def round_epochs(self) -> int:
+        """Fine-tuning epochs of one pruning round (all epochs for a run that does not prune)."""
+        if self.method != "prune":
+            return self.epochs
+        return self.epochs_per_round if self.epochs_per_round is not None else self.epochs // self.rounds
 
 
 # --------------------------------------------------------------------------

@@ -129,11 +129,12 @@ def _load_checkpoint(path: Path, model: nn.Module, run_id: str) -> dict | None:
 
 def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         criterion: Callable | None = None, device: torch.device | None = None,
-        progress: bool = False) -> dict:
+        progress: bool = False, on_epoch: Callable[[list[dict]], None] | None = None) -> dict:
     """Train `model` for `cfg.epochs` epochs, resuming from `folder/checkpoint.pt` if present.
 
-    `criterion(logits, inputs, targets)` defaults to cross-entropy. Returns the
-    history rows, test loss and accuracy, summed training seconds and the
+    `criterion(logits, inputs, targets)` defaults to cross-entropy. `on_epoch`
+    receives the history rows after each epoch's checkpoint is written. Returns
+    the history rows, test loss and accuracy, summed training seconds and the
     precision used. Raises RunError on a non-finite loss.
     """
     from tqdm import tqdm
@@ -225,6 +226,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
             "history": history,
         }, checkpoint_path)
         runs.atomic_write_text(folder / "history.csv", runs.history_to_csv(history))
+        if on_epoch is not None:
+            on_epoch(history)
         bar.set_postfix(val_acc=f"{val_acc:.1f}")
         bar.update()
     bar.close()
@@ -262,7 +265,9 @@ def _check_same_config(cfg: RunConfig, folder: Path) -> None:
 def prepare_run_folder(cfg: RunConfig, root: Path) -> Path:
     """Create the run folder and write config.json, rejecting a changed config on resume."""
     folder = runs.make_dirs(runs.run_dir(root, cfg.profile, cfg.run_id))
-    if (folder / "checkpoint.pt").is_file():
+    # Any saved state (checkpoints, history, pruning records) was made with config.json's settings;
+    # notebooks and lock files do not count, because they exist before the run starts.
+    if any(p.name != "config.json" and p.suffix not in (".ipynb", ".lock") for p in folder.iterdir()):
         _check_same_config(cfg, folder)
     runs.atomic_write_json(folder / "config.json", cfg.to_dict())
     return folder
@@ -294,7 +299,7 @@ BuildFn = Callable[[RunConfig, DataSplits, "nn.Module | None"], tuple[nn.Module,
 
 def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path | None = None,
                 data_root: str | Path | None = None, threads: int | None = None,
-                progress: bool = False, download: bool = True) -> dict:
+                progress: bool = False, download: bool = True, train: Callable = fit) -> dict:
     """Run one configured run end to end and return its metrics.
 
     `build(cfg, data, teacher)` returns (model to train, criterion or None,
@@ -302,7 +307,10 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
     is created, so a bad input leaves nothing behind. Training holds the run's
     train.lock: a second process that calls this for the same run waits, then
     returns the metrics the first one wrote. The run writes config.json, trains
-    with `fit`, saves model.pt, measures the model and writes metrics.json last.
+    with `train` (`fit` by default), saves model.pt, measures the model and
+    writes metrics.json last. A `train` function takes fit's arguments and
+    returns fit's result. Its result may add "model", the trained model when it
+    is not the one `build` returned, and "extra", more metrics.
     """
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config))
     cfg.validate()
@@ -328,15 +336,18 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
             return finished
         runs.remove_stale_temp_files(folder)
         folder = prepare_run_folder(cfg, root)
-        return _train_and_measure(cfg, build, folder, data, teacher, device, progress)
+        return _train_and_measure(cfg, build, folder, data, teacher, device, progress, train)
 
 
 def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataSplits,
-                       teacher: nn.Module | None, device: torch.device, progress: bool) -> dict:
+                       teacher: nn.Module | None, device: torch.device, progress: bool,
+                       train: Callable = fit) -> dict:
     from .measure import count_macs, count_parameters, measure_latency, model_size_mb
 
     model, criterion, extra = build(cfg, data, teacher)
-    result = fit(model, data, cfg, folder, criterion=criterion, device=device, progress=progress)
+    result = train(model, data, cfg, folder, criterion=criterion, device=device, progress=progress)
+    model = result.get("model", model)
+    extra = {**extra, **result.get("extra", {})}
 
     model_path = folder / "model.pt"
     runs.save_model(model, model_path)

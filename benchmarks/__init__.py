@@ -1,0 +1,1 @@
+"""Benchmark scripts; run each with `python -m benchmarks.<name>` from a checkout."""
