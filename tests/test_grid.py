@@ -57,3 +57,12 @@ def test_unknown_profile_lists_valid_names():
 def test_unknown_run_lists_valid_ids():
     with pytest.raises(ConfigError, match="unknown run id 'nope' in profile smoke. Valid run ids: cifar10-"):
         find_run("smoke", "nope")
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_measurement_repeats_reach_every_run(name):
+    profile = get_profile(name)
+    assert profile.throughput_repeats >= 1
+    for spec in plan_runs(name):
+        assert spec.config["latency_repeats"] == profile.latency_repeats
+        assert spec.config["throughput_repeats"] == profile.throughput_repeats

@@ -67,3 +67,11 @@ def test_config_validation():
         RunConfig(method="scratch", **{**base, "depth": 12}).validate()
     with pytest.raises(ConfigError, match="unknown run setting"):
         RunConfig.from_dict({**base, "method": "scratch", "colour": "red"})
+
+
+@pytest.mark.parametrize("name,value", [("latency_repeats", 0), ("throughput_repeats", 0),
+                                        ("throughput_repeats", 2.5)])
+def test_measurement_repeats_validated(name, value):
+    settings = dict(run_id="r", profile="p", dataset="cifar10", method="scratch", depth=10, width=1)
+    with pytest.raises(ConfigError, match=f"{name} must be an integer >= 1, got {value}"):
+        RunConfig(**settings, **{name: value}).validate()

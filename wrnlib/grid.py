@@ -62,7 +62,8 @@ class Profile:
     lr_gamma: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    latency_repeats: int = 30
+    latency_repeats: int = 30        # timed passes per batch-1 latency figure
+    throughput_repeats: int = 3      # timed passes per batch-256 throughput figure (after one warm-up)
     miniature: bool = True
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -93,6 +94,7 @@ class Profile:
             ("seeds", ", ".join(map(str, self.seeds))),
             ("KD", "T = 4, ce_weight = 0.1, kd_weight = 0.9"),
             ("pruning", "one-shot, L1 criterion"),
+            ("timed inference passes", f"batch 1: {self.latency_repeats}, batch 256: {self.throughput_repeats}"),
         ]
 
 
@@ -115,6 +117,7 @@ PROFILES: dict[str, Profile] = {
         test_subset=200,
         batch_size=100,
         latency_repeats=5,
+        throughput_repeats=1,
     ),
     "quick": Profile(
         name="quick",
@@ -129,6 +132,7 @@ PROFILES: dict[str, Profile] = {
         val_size=500,
         test_subset=2000,
         latency_repeats=20,
+        throughput_repeats=2,
     ),
     "paper": Profile(
         name="paper",
@@ -143,6 +147,7 @@ PROFILES: dict[str, Profile] = {
         test_subset=None,
         seeds=(0, 1, 2),
         latency_repeats=50,
+        throughput_repeats=10,
         miniature=False,
     ),
 }
@@ -192,6 +197,7 @@ def plan_runs(profile: Profile | str) -> list[RunSpec]:
         "train_subset": profile.train_subset,
         "test_subset": profile.test_subset,
         "latency_repeats": profile.latency_repeats,
+        "throughput_repeats": profile.throughput_repeats,
     }
     specs: list[RunSpec] = []
     d = profile.depth

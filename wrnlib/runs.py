@@ -1,8 +1,9 @@
 """The run store: run configs, paths, atomic writes and the state of each run.
 
 Layout: `<runs root>/<profile>/<run_id>/` holds `config.json`, `history.csv`,
-`checkpoint.pt` (while training), `model.pt` (final weights), `metrics.json`
-and the executed notebook. A run is `done` only when `metrics.json` exists and
+`checkpoint.pt` (while training), `model.pt` (final weights), `model.onnx`
+(the same weights exported for ONNX Runtime), `metrics.json` and the executed
+notebook. A run is `done` only when `metrics.json` exists and
 has every key in `REQUIRED_METRICS`; a folder without it is `partial` and the
 next attempt resumes from its checkpoint.
 
@@ -197,7 +198,8 @@ class RunConfig:
     rounds: int = 1
     use_kd: bool = False            # prune only: fine-tune with KD from the unpruned teacher
     # Measurement
-    latency_repeats: int = 30
+    latency_repeats: int = 30       # timed passes per batch-1 latency figure
+    throughput_repeats: int = 3     # timed passes per batch-256 throughput figure
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -235,6 +237,10 @@ class RunConfig:
             raise ConfigError(f"run {self.run_id}: batch_size must be >= 1, got {self.batch_size}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"run {self.run_id}: precision must be auto, bf16 or fp32, got {self.precision!r}")
+        for name in ("latency_repeats", "throughput_repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"run {self.run_id}: {name} must be an integer >= 1, got {value!r}")
         if self.temperature <= 0:
             raise ConfigError(f"run {self.run_id}: temperature must be > 0, got {self.temperature}")
 

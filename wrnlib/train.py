@@ -280,9 +280,11 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
 
     `build(cfg, data, teacher)` returns (model to train, criterion or None,
     extra metrics). The run writes config.json, trains with `fit`, saves
-    model.pt, measures the model and writes metrics.json last.
+    model.pt, measures the model (`measure.measure_model`, which also writes
+    model.onnx) and writes metrics.json last.
     """
-    from .measure import count_macs, count_parameters, measure_latency, model_size_mb
+    from .measure import measure_model
+    from .models import WideResNet
 
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config))
     cfg.validate()
@@ -310,7 +312,11 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
     model_path = folder / "model.pt"
     runs.save_model(model, model_path)
     cpu_model = runs.load_model(model_path)
-    latency = measure_latency(cpu_model, batch_size=1, threads=1, device="cpu", repeats=cfg.latency_repeats)
+    # A pruned model is timed interleaved with the native WRN of its target width.
+    native = WideResNet(cfg.depth, cfg.width, data.num_classes) if cfg.method == "prune" else None
+    measured = measure_model(cpu_model, model_path, folder / "model.onnx", latency_repeats=cfg.latency_repeats,
+                             throughput_repeats=cfg.throughput_repeats, native=native,
+                             cuda=device.type == "cuda", progress=progress)
     metrics = {
         "run_id": cfg.run_id,
         "profile": cfg.profile,
@@ -327,14 +333,9 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
         "test_acc": result["test_acc"],
         "test_loss": result["test_loss"],
         "final_val_acc": result["history"][-1]["val_acc"],
-        "params": count_parameters(cpu_model),
-        "macs": count_macs(cpu_model),
-        "model_size_mb": model_size_mb(model_path),
         "train_seconds": result["train_seconds"],
         "precision": result["precision"],
-        "latency_ms_batch1_cpu": latency["median_ms"],
-        "latency_p90_ms_batch1_cpu": latency["p90_ms"],
-        "latency_threads": latency["threads"],
+        **measured,
         **extra,
         **runs.environment_info(device),
     }
