@@ -64,7 +64,7 @@ ONNX_TOLERANCE = 1e-4      # max |ONNX Runtime logit - PyTorch logit| an export 
 THROUGHPUT_BATCH = 256     # batch size of the throughput figures
 INPUT_SHAPE = (3, 32, 32)  # one CIFAR image, channels first
 
-MEMORY_METHOD_CPU = ("peak RSS of a fresh child process during one forward pass (1 intra-op thread), "
+MEMORY_METHOD_CPU = ("peak RSS of a fresh child process during one forward pass ({threads} intra-op thread(s)), "
                      "minus its RSS just before the pass; Linux VmHWM reset through /proc/self/clear_refs; "
                      "glibc mmap threshold fixed at 128 KiB")
 # glibc raises its mmap threshold after freeing a large block and then keeps
@@ -75,7 +75,7 @@ MEMORY_METHOD_CPU = ("peak RSS of a fresh child process during one forward pass 
 # live tensors: 93 MB each time.
 MALLOC_MMAP_THRESHOLD = "131072"
 MEMORY_METHOD_CPU_FALLBACK = ("growth of ru_maxrss of a fresh child process over one forward pass "
-                              "(1 intra-op thread); may undercount when loading the model peaked higher")
+                              "({threads} intra-op thread(s)); may undercount when loading the model peaked higher")
 MEMORY_METHOD_CUDA = "torch.cuda.max_memory_allocated after reset_peak_memory_stats (weights, input, activations)"
 
 
@@ -375,8 +375,9 @@ def _reset_peak_rss() -> bool:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
             fh.write("5")
     except OSError:
+        # Kernels before 4.0 reject the value with EINVAL; other systems have no such file.
         return False
-    return _status_kib("VmHWM") is not None and _status_kib("VmHWM") <= (_status_kib("VmRSS") or 0) + 64
+    return _status_kib("VmHWM") is not None and _status_kib("VmRSS") is not None
 
 
 def _ru_maxrss_bytes() -> int:
@@ -402,13 +403,13 @@ def _probe_forward_rss(weights_path: str, batch_size: int, threads: int) -> dict
         with torch.inference_mode():
             model(x)
         peak = _status_kib("VmHWM") * 1024
-        method = MEMORY_METHOD_CPU
+        method = MEMORY_METHOD_CPU.format(threads=threads)
     else:
         baseline = _ru_maxrss_bytes()
         with torch.inference_mode():
             model(x)
         peak = _ru_maxrss_bytes()
-        method = MEMORY_METHOD_CPU_FALLBACK
+        method = MEMORY_METHOD_CPU_FALLBACK.format(threads=threads)
     return {"batch_size": batch_size, "threads": threads, "baseline_rss_bytes": baseline,
             "peak_rss_bytes": peak, "forward_rss_bytes": peak - baseline, "method": method}
 
