@@ -132,7 +132,7 @@ PROFILES: dict[str, Profile] = {
         val_size=500,
         test_subset=2000,
         latency_repeats=20,
-        throughput_repeats=2,
+        throughput_repeats=1,
     ),
     "paper": Profile(
         name="paper",
