@@ -263,3 +263,16 @@ def test_parity_failure_fails_measurement_and_stops_children(monkeypatch):
         measure_model(WideResNet(10, 1, 10), latency_repeats=1, throughput_repeats=1, cuda=False)
     assert len(started) == 1
     assert all(child.poll() is not None for child in started[0].children.values())
+
+
+def test_pruned_shortcut_adds_measured_memory():
+    from wrnlib.prune import prune_model
+
+    pruned = prune_model(WideResNet(10, 2, 10), 0.5)
+    native = WideResNet(10, 1, 10)
+    assert count_parameters(pruned) - count_parameters(native) == 256
+    pruned_mb = measure_peak_memory_cpu(pruned, (THROUGHPUT_BATCH,))[THROUGHPUT_BATCH]["forward_mb"]
+    native_mb = measure_peak_memory_cpu(native, (THROUGHPUT_BATCH,))[THROUGHPUT_BATCH]["forward_mb"]
+    # The extra 16->16 1x1 shortcut output at batch 256 is 256 x 16 x 32 x 32 float32 values (16.8 MB),
+    # alive next to the residual branch in the first group, where activations are largest.
+    assert pruned_mb - native_mb > 10.0
