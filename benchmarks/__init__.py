@@ -1,1 +1,1 @@
-"""Benchmark scripts; run each with `python -m benchmarks.<name>` from a checkout."""
+"""Benchmark scripts whose recorded output is in BENCHMARKS.md; run them as `python -m benchmarks.NAME`."""

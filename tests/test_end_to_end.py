@@ -74,6 +74,44 @@ def test_book_pruning_chapter(smoke):
     assert re.search(r"CIFAR-100에서는 iterative − one-shot이 평균\s+\+nan %p\s+\(0 쌍", text)
 
 
+def test_pruned_run_timed_against_native_twin(smoke):
+    folder = smoke["runs"] / "smoke" / "cifar10-prune-wrn10-2-to-1-l1-oneshot-s0"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["native_model"] == "WRN-10-1"
+    for backend in ("cpu", "ort"):
+        for batch in (1, 256):
+            ratio = metrics[f"pruned_to_native_latency_ratio_batch{batch}_{backend}"]
+            assert ratio > 0
+            assert ratio == pytest.approx(metrics[f"latency_ms_batch{batch}_{backend}"]
+                                          / metrics[f"native_latency_ms_batch{batch}_{backend}"])
+    assert (folder / "model.onnx").is_file()
+    assert metrics["onnx_max_abs_diff"] < 1e-4
+
+
+def test_every_run_measured_on_cpu_and_onnx_runtime(smoke):
+    for spec in plan_runs("smoke"):
+        metrics = json.loads((smoke["runs"] / "smoke" / spec.run_id / "metrics.json").read_text())
+        assert metrics["latency_ms_batch1_ort"] > 0, spec.run_id
+        assert metrics["throughput_ips_batch256_cpu_all_threads"] > 0, spec.run_id
+        assert metrics["forward_peak_rss_mb_batch256_cpu"] > metrics["forward_peak_rss_mb_batch1_cpu"] > 0
+        assert metrics["measurement_env"]["threads_all"] >= 1
+        assert metrics["flops"] == 2 * metrics["macs"]
+        has_twin = "pruned_to_native_latency_ratio_batch1_cpu" in metrics
+        assert has_twin == (spec.config["method"] == "prune"), spec.run_id
+
+
+def test_drone_chapter_glues_measurements(smoke):
+    drone = _page_text(smoke["html"] / "book" / "drone.html")
+    assert "summary.ipynb::" not in drone
+    # The drone table, two compression tables, pruned vs native and four measurement tables.
+    assert drone.count("<table") == 8
+    assert "Pruned model / native twin latency" in drone
+    assert 'src="../_images/cifar100_drone_fps.png"' in drone
+    text = re.sub(r"<[^>]+>", "", drone)
+    assert re.search(r"ONNX Runtime으로는\s+\d+ 개가", text)
+    assert re.search(r"1,000,000 프레임", text)
+
+
 def test_book_has_every_run_page_with_a_figure(smoke):
     for spec in plan_runs("smoke"):
         page = smoke["html"] / "book" / "runs" / f"{spec.run_id}.html"

@@ -221,3 +221,12 @@ def test_missing_canonical_variant_rejected():
     profile = dataclasses.replace(get_profile("smoke"), prune_variants=(PruneVariant(criterion="l2"),))
     with pytest.raises(ConfigError, match="profile smoke has no canonical pruning variant"):
         plan_runs(profile)
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_measurement_repeats_reach_every_run(name):
+    profile = get_profile(name)
+    assert profile.throughput_repeats >= 1
+    for spec in plan_runs(name):
+        assert spec.config["latency_repeats"] == profile.latency_repeats
+        assert spec.config["throughput_repeats"] == profile.throughput_repeats

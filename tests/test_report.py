@@ -158,14 +158,14 @@ def test_pruning_numbers_same_keys_without_runs(results, name):
 
 def test_round_accuracy_frame_rows(results):
     frame = report.round_accuracy_frame(results, "cifar10", PAPER)
-    iterative = frame[frame["variant"] == "pruning (iterative 10 x 20 ep, l1)"]
+    iterative = frame[frame["variant"] == "pruning: iterative 10 x 20 ep, l1"]
     assert list(iterative["round"]) == list(range(1, 11))
     assert iterative["pair"].unique().tolist() == ["WRN-28-10 -> WRN-28-2"]
     # Round 1 after fine-tuning: 94.5 (seed 0) and 95.5 (seed 1).
     assert iterative.iloc[0]["acc_after_fine_tune"] == pytest.approx(95.0)
     assert iterative.iloc[0]["acc_after_pruning"] == pytest.approx(94.0)
-    assert len(frame[frame["variant"] == "pruning (one-shot, l1)"]) == 3
-    assert len(frame[frame["variant"] == "pruning + KD (one-shot, l1)"]) == 1
+    assert len(frame[frame["variant"] == "pruning: one-shot, l1"]) == 3
+    assert len(frame[frame["variant"] == "pruning + KD: one-shot, l1"]) == 1
 
 
 def test_plot_round_accuracy_lines(results):
@@ -182,18 +182,22 @@ def test_plot_round_accuracy_lines(results):
 
 def test_method_labels_name_variants(results):
     methods = report.results_table(results, "cifar10")["Method"].tolist()
-    assert "pruning (one-shot, l1)" in methods
-    assert "pruning (one-shot, l2)" in methods
-    assert "pruning + KD (one-shot, l1)" in methods
-    assert "pruning (iterative 10 x 20 ep, l1)" in methods
-    assert "pruning (iterative 10 x 40 ep, l1)" in methods
-    assert report.method_label({"method": "kd"}) == "KD"
+    assert "pruning: one-shot, l1" in methods
+    assert "pruning: one-shot, l2" in methods
+    assert "pruning + KD: one-shot, l1" in methods
+    assert "pruning: iterative 10 x 20 ep, l1" in methods
+    assert "pruning: iterative 10 x 40 ep, l1" in methods
+    assert report.run_label({"method": "kd"}) == "KD"
 
 
-def test_tradeoff_plot_shows_canonical_pruning_only(results):
+def test_tradeoff_plot_marks_each_pruning_schedule(results):
     fig = report.plot_tradeoff(results, "cifar10", "params", PAPER)
     collections = {c.get_label(): c for c in fig.axes[0].collections}
-    assert len(collections["pruning (one-shot, l1)"].get_offsets()) == 3
+    # One point per configuration (seeds averaged): L1 one-shot for three pairs plus one L2 run.
+    assert len(collections["one-shot"].get_offsets()) == 4
+    assert len(collections["iterative"].get_offsets()) == 2
+    assert len(collections["prune+KD"].get_offsets()) == 1
+    assert len(collections["KD"].get_offsets()) == 3
 
 
 def test_prune_variant_of_row(results):

@@ -269,3 +269,11 @@ def test_round_epochs():
     assert RunConfig(**{**PRUNE_BASE, "epochs": 7}).round_epochs == 7
     assert RunConfig(run_id="r", profile="p", dataset="cifar10", method="scratch", depth=10, width=1,
                      epochs=5).round_epochs == 5
+
+
+@pytest.mark.parametrize("name,value", [("latency_repeats", 0), ("throughput_repeats", 0),
+                                        ("throughput_repeats", 2.5)])
+def test_measurement_repeats_validated(name, value):
+    settings = dict(run_id="r", profile="p", dataset="cifar10", method="scratch", depth=10, width=1)
+    with pytest.raises(ConfigError, match=f"{name} must be an integer >= 1, got {value}"):
+        RunConfig(**settings, **{name: value}).validate()

@@ -139,7 +139,8 @@ class Profile:
     lr_gamma: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    latency_repeats: int = 30
+    latency_repeats: int = 30        # timed passes per batch-1 latency figure
+    throughput_repeats: int = 3      # timed passes per batch-256 throughput figure (after one warm-up)
     miniature: bool = True
     # Node-pruning runs per pair; the canonical variant (one-shot, L1, no KD) comes first in every profile.
     prune_variants: tuple[PruneVariant, ...] = (CANONICAL_PRUNING,)
@@ -174,6 +175,7 @@ class Profile:
             ("seeds", ", ".join(map(str, self.seeds))),
             ("KD", "T = 4, ce_weight = 0.1, kd_weight = 0.9"),
             ("pruning variants", "; ".join(v.describe(self.epochs) for v in self.prune_variants)),
+            ("timed inference passes", f"batch 1: {self.latency_repeats}, batch 256: {self.throughput_repeats}"),
         ]
 
 
@@ -203,6 +205,7 @@ PROFILES: dict[str, Profile] = {
             PruneVariant(schedule="iterative", rounds=2, epochs_per_round=1, datasets=("cifar10",)),
             PruneVariant(use_kd=True, datasets=("cifar10",)),
         ),
+        throughput_repeats=1,
     ),
     "quick": Profile(
         name="quick",
@@ -225,6 +228,7 @@ PROFILES: dict[str, Profile] = {
             PruneVariant(use_kd=True, student_widths=(1,)),
             PruneVariant(criterion="l2", student_widths=(1,)),
         ),
+        throughput_repeats=1,
     ),
     "paper": Profile(
         name="paper",
@@ -239,6 +243,9 @@ PROFILES: dict[str, Profile] = {
         test_subset=None,
         seeds=(0, 1, 2),
         latency_repeats=50,
+        # Measured on the CPU even on a GPU machine: each WRN-28-10 pass at batch 256 on one
+        # thread takes tens of seconds, and every throughput figure costs repeats + 1 passes.
+        throughput_repeats=3,
         miniature=False,
         # 10 x 20 fine-tunes for as many epochs (200) as one-shot; 10 x 40 doubles that budget.
         prune_variants=(
@@ -263,7 +270,7 @@ _PROFILE_FIELD_KINDS = {
     "epochs": "int", "milestones": "ints", "train_subset": "int or null", "val_size": "int",
     "test_subset": "int or null", "seeds": "ints", "batch_size": "int", "lr": "number",
     "lr_gamma": "number", "momentum": "number", "weight_decay": "number", "latency_repeats": "int",
-    "miniature": "bool",
+    "miniature": "bool", "throughput_repeats": "int",
 }
 _REQUIRED_PROFILE_FIELDS = ("name", "datasets", "depth", "pairs", "epochs")
 
@@ -428,6 +435,7 @@ def plan_runs(profile: Profile | str) -> list[RunSpec]:
         "train_subset": profile.train_subset,
         "test_subset": profile.test_subset,
         "latency_repeats": profile.latency_repeats,
+        "throughput_repeats": profile.throughput_repeats,
     }
     specs: list[RunSpec] = []
     d = profile.depth

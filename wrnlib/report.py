@@ -19,21 +19,30 @@ from .grid import CANONICAL_PRUNING, Pair, Profile, PruneVariant, get_profile
 __all__ = [
     "CAMERA_FPS",
     "BACKLOG_FRAMES",
+    "add_labels",
+    "compression_numbers",
+    "compression_table",
+    "config_means",
     "discussion_numbers",
     "drone_numbers",
     "drone_table",
-    "iterative_variants",
+    "add_labels",
     "criterion_table",
+    "footprint_table",
+    "iterative_variants",
     "load_history",
     "load_results",
+    "measurement_env_numbers",
     "method_label",
     "pair_table",
+    "plot_drone_fps",
     "plot_round_accuracy",
     "plot_run_rounds",
     "prune_kd_table",
     "prune_variant",
     "pruning_numbers",
     "round_accuracy_frame",
+    "run_label",
     "run_round_table",
     "schedule_table",
     "plot_history",
@@ -41,16 +50,84 @@ __all__ = [
     "plot_tradeoff",
     "profile_label",
     "profile_table",
+    "pruned_native_numbers",
+    "pruned_native_table",
     "results_table",
+    "seeds_note",
+    "speed_table",
 ]
 
 CAMERA_FPS = 30             # frames per second of the on-board camera the drone chapter assumes
 BACKLOG_FRAMES = 1_000_000  # frames in the recorded backlog of the drone chapter
 
-METHOD_LABELS = {"scratch": "scratch", "kd": "KD", "prune": "pruning (one-shot, l1)"}
-METHOD_ORDER = {"scratch": 0, "kd": 1, "prune": 2}
-MARKERS = {"teacher": ("s", "black"), "scratch": ("o", "tab:blue"), "kd": ("^", "tab:orange"),
-           "prune": ("D", "tab:green")}
+# Labels of non-pruning methods in `run_label`.
+METHOD_LABELS = {"scratch": "scratch", "kd": "KD", "prune": "pruning: one-shot, l1"}
+# Labels of `method_label`, in legend order, with their plot marker and colour.
+LABELS = ("teacher", "scratch", "KD", "one-shot", "iterative", "prune+KD")
+MARKERS = {"teacher": ("s", "black"), "scratch": ("o", "tab:blue"), "KD": ("^", "tab:orange"),
+           "one-shot": ("D", "tab:green"), "iterative": ("v", "tab:red"), "prune+KD": ("P", "tab:purple")}
+
+
+# --------------------------------------------------------------------------
+# Method labels
+# --------------------------------------------------------------------------
+
+def _is_true(value) -> bool:
+    # Missing metrics arrive as NaN, which bool() would call true.
+    return value is True or (isinstance(value, (bool, np.bool_)) and bool(value)) or value in ("true", "True")
+
+
+def method_label(method: str, schedule=None, use_kd=None, is_teacher: bool = False) -> str:
+    """Return the label of a run: teacher, scratch, KD, one-shot, iterative or prune+KD.
+
+    A pruning run fine-tuned with KD is "prune+KD" whatever its schedule;
+    otherwise its `schedule` names it ("one-shot" when missing).
+    """
+    if method == "scratch":
+        return "teacher" if is_teacher else "scratch"
+    if method == "kd":
+        return "KD"
+    if method == "prune":
+        if _is_true(use_kd):
+            return "prune+KD"
+        return "iterative" if schedule == "iterative" else "one-shot"
+    raise ValueError(f"unknown method {method!r} in the results: expected scratch, kd or prune")
+
+
+def teacher_widths(results: pd.DataFrame) -> set[int]:
+    """Return the widths trained from scratch only as teachers, never as a student's width."""
+    if results.empty:
+        return set()
+    distilled = results[results["method"] != "scratch"]
+    teacher_ids = set(distilled["teacher_run_id"].dropna().astype(str))
+    teachers = results[(results["method"] == "scratch") & results["run_id"].isin(teacher_ids)]
+    return {int(w) for w in teachers["width"]} - {int(w) for w in distilled["width"]}
+
+
+def add_labels(results: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy of `results` with `label` (`method_label`) and `run_label` columns.
+
+    `run_label` is `run_label(row)` for pruning runs (it names the variant) and
+    `label` for the others, so tables can tell a teacher from a scratch student.
+    """
+    labelled = results.copy()
+    if labelled.empty:
+        labelled["label"] = pd.Series(dtype=object)
+        labelled["run_label"] = pd.Series(dtype=object)
+        return labelled
+    teachers = teacher_widths(labelled)
+    schedule = labelled["schedule"] if "schedule" in labelled else pd.Series(None, index=labelled.index)
+    use_kd = labelled["use_kd"] if "use_kd" in labelled else pd.Series(None, index=labelled.index)
+    labelled["label"] = [
+        method_label(m, s, k, is_teacher=(m == "scratch" and int(w) in teachers))
+        for m, s, k, w in zip(labelled["method"], schedule, use_kd, labelled["width"])
+    ]
+    # Tables name a pruning run by its variant and every other run by its role (teacher, scratch, KD).
+    labelled["run_label"] = [
+        run_label(row) if row["method"] == "prune" else label
+        for (_, row), label in zip(labelled.iterrows(), labelled["label"])
+    ]
+    return labelled
 
 
 # --------------------------------------------------------------------------
@@ -132,10 +209,12 @@ def results_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     if subset.empty:
         return pd.DataFrame(columns=columns)
     rows = []
+    subset = add_labels(results)
+    subset = subset[subset["dataset"] == dataset]
     for _, group in subset.sort_values("order").groupby("config_id", sort=False):
         first = group.iloc[0]
         rows.append({
-            "Method": method_label(first),
+            "Method": first["run_label"],
             "Model": first["model"],
             "Teacher": _teacher_label(results, first["teacher_run_id"]),
             "Test acc (%)": _mean_std(group["test_acc"]),
@@ -255,49 +334,99 @@ def discussion_numbers(results: pd.DataFrame, profile: Profile | str) -> dict:
 
 def drone_table(results: pd.DataFrame, camera_fps: float = CAMERA_FPS,
                 backlog_frames: int = BACKLOG_FRAMES) -> pd.DataFrame:
-    """Return, per finished run, batch-1 CPU recognition time, frame rate and backlog time."""
-    columns = ["Dataset", "Method", "Model", "Test acc (%)", "Latency b1 (ms)", "Frames/s",
-               f"Keeps up with {camera_fps:g} fps", "1M-frame backlog (h)"]
+    """Return, per configuration, frame rates on 1 CPU thread and the time to clear a backlog.
+
+    Frame rates are 1000 / batch-1 latency (ms) with PyTorch and with ONNX
+    Runtime; the backlog time is `backlog_frames` / batch-256 throughput.
+    Every figure uses one intra-op thread; a quantity a run did not measure
+    is NaN (shown as n/a).
+    """
+    names = _drone_columns(camera_fps, backlog_frames)
+    columns = ["Dataset", "Method", "Model", "Test acc (%)", "PyTorch b1 (fps)", "ORT b1 (fps)",
+               names["keeps_up"], names["keeps_up_ort"], names["backlog"], names["backlog_ort"]]
     if results.empty:
         return pd.DataFrame(columns=columns)
     rows = []
-    for _, group in results.sort_values("order").groupby("config_id", sort=False):
-        first = group.iloc[0]
-        latency = float(group["latency_ms_batch1_cpu"].mean())
-        fps = 1000.0 / latency
-        rows.append({
-            "Dataset": first["dataset"],
-            "Method": method_label(first),
-            "Model": first["model"],
-            "Test acc (%)": round(float(group["test_acc"].mean()), 2),
-            "Latency b1 (ms)": round(latency, 3),
-            "Frames/s": round(fps, 1),
-            f"Keeps up with {camera_fps:g} fps": "yes" if fps >= camera_fps else "no",
-            "1M-frame backlog (h)": round(backlog_frames / fps / 3600.0, 2),
-        })
+    for _, row in config_means(results).iterrows():
+        torch_fps = 1000.0 / row["latency_ms_batch1_cpu"]
+        ort_fps = 1000.0 / row["latency_ms_batch1_ort"]
+        rows.append([
+            row["dataset"], row["run_label"], row["model"], row["test_acc"],
+            torch_fps, ort_fps, _keeps_up(torch_fps, camera_fps), _keeps_up(ort_fps, camera_fps),
+            backlog_frames / row["throughput_ips_batch256_cpu"] / 3600.0,
+            backlog_frames / row["throughput_ips_batch256_ort"] / 3600.0,
+        ])
     return pd.DataFrame(rows, columns=columns)
 
 
-def drone_numbers(results: pd.DataFrame, camera_fps: float = CAMERA_FPS) -> dict:
-    """Return the numbers the drone chapter quotes, keyed by glue name."""
-    table = drone_table(results, camera_fps)
-    if table.empty:
-        return {"drone_models": 0, "drone_realtime_models": 0, "drone_fastest_model": "n/a",
-                "drone_fastest_fps": math.nan, "drone_slowest_model": "n/a", "drone_slowest_fps": math.nan,
-                "drone_speedup": math.nan, "drone_camera_fps": camera_fps}
-    realtime = table[table[f"Keeps up with {camera_fps:g} fps"] == "yes"]
-    fastest = table.loc[table["Frames/s"].idxmax()]
-    slowest = table.loc[table["Frames/s"].idxmin()]
+def _drone_columns(camera_fps: float, backlog_frames: int) -> dict[str, str]:
+    frames = f"{backlog_frames / 1e6:g}M" if backlog_frames % 100_000 == 0 else f"{backlog_frames:,}"
     return {
-        "drone_models": int(len(table)),
-        "drone_realtime_models": int(len(realtime)),
-        "drone_fastest_model": f"{fastest['Model']} ({fastest['Method']}, {fastest['Dataset']})",
-        "drone_fastest_fps": float(fastest["Frames/s"]),
-        "drone_slowest_model": f"{slowest['Model']} ({slowest['Method']}, {slowest['Dataset']})",
-        "drone_slowest_fps": float(slowest["Frames/s"]),
-        "drone_speedup": float(fastest["Frames/s"] / slowest["Frames/s"]),
-        "drone_camera_fps": camera_fps,
+        "keeps_up": f"Keeps up with {camera_fps:g} fps (PyTorch)",
+        "keeps_up_ort": f"Keeps up with {camera_fps:g} fps (ORT)",
+        "backlog": f"{frames} frames, PyTorch b256 (h)",
+        "backlog_ort": f"{frames} frames, ORT b256 (h)",
     }
+
+
+def _keeps_up(fps: float, camera_fps: float) -> str:
+    if math.isnan(fps):
+        return "n/a"
+    return "yes" if fps >= camera_fps else "no"
+
+
+def _best_realtime(table: pd.DataFrame, fps_column: str, camera_fps: float) -> tuple[str, float]:
+    fast = table[table[fps_column] >= camera_fps]
+    if fast.empty:
+        return "none", math.nan
+    best = fast.loc[fast["Test acc (%)"].idxmax()]
+    return f"{best['Model']} ({best['Method']})", float(best["Test acc (%)"])
+
+
+def drone_numbers(results: pd.DataFrame, camera_fps: float = CAMERA_FPS,
+                  backlog_frames: int = BACKLOG_FRAMES, datasets: tuple[str, ...] = ("cifar10", "cifar100")) -> dict:
+    """Return the numbers the drone chapter quotes, keyed by glue name.
+
+    Frame rates are on 1 CPU thread at batch 1; backlog hours use the
+    batch-256 throughput on 1 thread. Keys of quantities without runs hold
+    NaN, 0 or "n/a", so every profile glues every key.
+    """
+    table = drone_table(results, camera_fps, backlog_frames)
+    names = _drone_columns(camera_fps, backlog_frames)
+    numbers = {"drone_camera_fps": camera_fps, "drone_backlog_frames": backlog_frames,
+               "drone_models": int(len(table))}
+    numbers["drone_realtime_models"] = int((table[names["keeps_up"]] == "yes").sum())
+    numbers["drone_ort_realtime_models"] = int((table[names["keeps_up_ort"]] == "yes").sum())
+
+    def extreme(column: str, pick: str) -> tuple[str, float]:
+        values = table[column].dropna() if not table.empty else pd.Series(dtype=float)
+        if values.empty:
+            return "n/a", math.nan
+        row = table.loc[values.idxmax() if pick == "max" else values.idxmin()]
+        return f"{row['Model']} ({row['Method']}, {row['Dataset']})", float(row[column])
+
+    numbers["drone_fastest_model"], numbers["drone_fastest_fps"] = extreme("PyTorch b1 (fps)", "max")
+    numbers["drone_slowest_model"], numbers["drone_slowest_fps"] = extreme("PyTorch b1 (fps)", "min")
+    numbers["drone_speedup"] = numbers["drone_fastest_fps"] / numbers["drone_slowest_fps"]
+    numbers["drone_ort_fastest_model"], numbers["drone_ort_fastest_fps"] = extreme("ORT b1 (fps)", "max")
+    numbers["drone_ort_slowest_model"], numbers["drone_ort_slowest_fps"] = extreme("ORT b1 (fps)", "min")
+    ratio = (table["ORT b1 (fps)"] / table["PyTorch b1 (fps)"]).dropna() if not table.empty else pd.Series(dtype=float)
+    numbers["drone_ort_over_pytorch_median"] = float(ratio.median()) if not ratio.empty else math.nan
+    numbers["drone_ort_faster_models"] = int((ratio > 1.0).sum())
+    numbers["drone_backlog_fastest_model"], numbers["drone_backlog_fastest_hours"] = extreme(names["backlog"], "min")
+    numbers["drone_backlog_slowest_model"], numbers["drone_backlog_slowest_hours"] = extreme(names["backlog"], "max")
+    numbers["drone_backlog_speedup"] = numbers["drone_backlog_slowest_hours"] / numbers["drone_backlog_fastest_hours"]
+    numbers["drone_backlog_ort_fastest_model"], numbers["drone_backlog_ort_fastest_hours"] = \
+        extreme(names["backlog_ort"], "min")
+    numbers["drone_backlog_ort_slowest_model"], numbers["drone_backlog_ort_slowest_hours"] = \
+        extreme(names["backlog_ort"], "max")
+    for dataset in datasets:
+        part = table[table["Dataset"] == dataset] if not table.empty else table
+        for suffix, column in (("", "PyTorch b1 (fps)"), ("_ort", "ORT b1 (fps)")):
+            model, acc = _best_realtime(part, column, camera_fps) if not part.empty else ("none", math.nan)
+            numbers[f"drone_{dataset}_best_realtime_model{suffix}"] = model
+            numbers[f"drone_{dataset}_best_realtime_acc{suffix}"] = acc
+    return numbers
 
 
 # --------------------------------------------------------------------------
@@ -360,23 +489,20 @@ def plot_tradeoff(results: pd.DataFrame, dataset: str, axis: str, profile: Profi
     """
     plt = _pyplot()
     profile = get_profile(profile) if isinstance(profile, str) else profile
+    if axis not in TRADEOFF_AXES:
+        raise ValueError(f"unknown trade-off axis {axis!r}: choose one of {', '.join(TRADEOFF_AXES)}")
     column, label, scale = TRADEOFF_AXES[axis]
-    teacher_widths = {p.teacher_width for p in profile.pairs} - {p.student_width for p in profile.pairs}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    subset = _without_prune_variants(results[results["dataset"] == dataset], profile) \
-        if not results.empty else results
+    subset = add_labels(results)
+    subset = subset[subset["dataset"] == dataset] if not subset.empty else subset
     if not subset.empty:
         grouped = subset.groupby("config_id", sort=False).agg(
-            x=(column, "mean"), y=("test_acc", "mean"), method=("method", "first"), width=("width", "first"),
-            model=("model", "first"))
+            x=(column, "mean"), y=("test_acc", "mean"), kind=("label", "first"), model=("model", "first"))
         grouped["x"] = grouped["x"] * scale
-        grouped["kind"] = [
-            "teacher" if (m == "scratch" and w in teacher_widths) else m
-            for m, w in zip(grouped["method"], grouped["width"])
-        ]
-        for kind, part in grouped.groupby("kind"):
+        for kind in [k for k in LABELS if k in set(grouped["kind"])]:
+            part = grouped[grouped["kind"] == kind]
             marker, color = MARKERS[kind]
-            name = "teacher (scratch)" if kind == "teacher" else METHOD_LABELS.get(kind, kind)
+            name = "teacher (scratch)" if kind == "teacher" else kind
             ax.scatter(part["x"], part["y"], marker=marker, color=color, s=50, label=name, zorder=3)
         front = pareto_front(grouped["x"].to_numpy(float), grouped["y"].to_numpy(float))
         ax.plot(grouped["x"].to_numpy()[front], grouped["y"].to_numpy()[front], "--", color="gray",
@@ -392,33 +518,45 @@ def plot_tradeoff(results: pd.DataFrame, dataset: str, axis: str, profile: Profi
 
 
 def plot_pair_curves(results: pd.DataFrame, dataset: str, runs_dir: str | Path | None, profile: Profile | str):
-    """Plot validation accuracy per epoch of every method of every pair, one panel per pair.
+    """Plot validation loss and accuracy per epoch of each pair's runs, one column per pair.
 
-    Node pruning is shown by its canonical variant (one-shot, L1, no KD) only.
+    A column shows the teacher, the scratch student and every compressed
+    student of that pair (first seed only), labelled as in `method_label`.
     """
     plt = _pyplot()
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    fig, axes = plt.subplots(1, len(profile.pairs), figsize=(4.2 * len(profile.pairs), 3.4), squeeze=False)
-    subset = _without_prune_variants(results[results["dataset"] == dataset], profile) \
-        if not results.empty else results
-    for ax, pair in zip(axes[0], profile.pairs):
-        ax.set_title(f"WRN-{profile.depth}-{pair.teacher_width} -> {pair.student_width}", fontsize=10)
+    fig, axes = plt.subplots(2, len(profile.pairs), figsize=(4.2 * len(profile.pairs), 6.4), squeeze=False)
+    subset = add_labels(results)
+    subset = subset[subset["dataset"] == dataset] if not subset.empty else subset
+    for column, pair in enumerate(profile.pairs):
+        ax_loss, ax_acc = axes[0][column], axes[1][column]
+        ax_loss.set_title(f"WRN-{profile.depth}-{pair.teacher_width} -> {pair.student_width}", fontsize=10)
         if not subset.empty:
-            chosen = subset[(subset["width"] == pair.student_width) & (
-                (subset["method"] == "scratch") |
-                subset["teacher_run_id"].astype(str).str.contains(f"-wrn{profile.depth}-{pair.teacher_width}-s"))]
-            for _, row in chosen[chosen["seed"] == chosen["seed"].min()].iterrows():
+            teacher_id = f"-wrn{profile.depth}-{pair.teacher_width}-s"
+            is_teacher = (subset["method"] == "scratch") & (subset["width"] == pair.teacher_width)
+            is_scratch = (subset["method"] == "scratch") & (subset["width"] == pair.student_width)
+            is_student = (subset["width"] == pair.student_width) & \
+                subset["teacher_run_id"].astype(str).str.contains(teacher_id, regex=False)
+            chosen = subset[is_teacher | is_scratch | is_student]
+            for _, row in chosen[chosen["seed"] == chosen["seed"].min()].sort_values("order").iterrows():
                 history = load_history(runs_dir, profile.name, row["run_id"])
                 if history.empty:
                     continue
-                marker, color = MARKERS[row["method"]]
-                ax.plot(history["epoch"], history["val_acc"], marker=marker, color=color,
-                        label=METHOD_LABELS[row["method"]])
-            ax.legend(fontsize=8)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy (%)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{dataset}: student curves [{profile.name}{' miniature' if profile.miniature else ''}]")
+                kind = "teacher" if row["method"] == "scratch" and row["width"] == pair.teacher_width \
+                    else row["label"]
+                marker, color = MARKERS[kind]
+                style = "--" if kind == "teacher" else "-"
+                name = f"{kind} ({row['model']})" if kind in ("teacher", "scratch") else kind
+                ax_loss.plot(history["epoch"], history["val_loss"], style, marker=marker, color=color, label=name)
+                ax_acc.plot(history["epoch"], history["val_acc"], style, marker=marker, color=color, label=name)
+            ax_acc.legend(fontsize=8)
+        curve = "test (used as validation)" if profile.val_size == 0 else "validation"
+        ax_loss.set_ylabel(f"{curve} loss")
+        ax_acc.set_ylabel(f"{curve} accuracy (%)")
+        for ax in (ax_loss, ax_acc):
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"{dataset}: curves per pair [{profile.name}{' miniature' if profile.miniature else ''}]")
     fig.tight_layout()
     return fig
 
@@ -428,7 +566,7 @@ def run_metrics_table(metrics: dict) -> pd.DataFrame:
     rows = [
         ("run id", metrics["run_id"]),
         ("dataset", metrics["dataset"]),
-        ("method", method_label(metrics)),
+        ("method", run_label(metrics)),
         ("model", metrics.get("model", f"WRN-{metrics['depth']}-{metrics['width']}")),
         ("teacher run", metrics.get("teacher_run_id") or "-"),
         ("seed", metrics["seed"]),
@@ -443,6 +581,7 @@ def run_metrics_table(metrics: dict) -> pd.DataFrame:
         ("training time (s)", f"{metrics['train_seconds']:.1f}"),
         ("precision", metrics.get("precision", "-")),
         ("latency, batch 1, 1 CPU thread (ms, median)", f"{metrics['latency_ms_batch1_cpu']:.3f}"),
+        *_measurement_rows(metrics),
         ("device", metrics["device"]),
         ("torch", metrics["torch_version"]),
         ("git commit", metrics["git_commit"]),
@@ -487,14 +626,15 @@ def _variant_label(variant: PruneVariant) -> str:
         schedule = "one-shot" if variant.epochs_per_round is None else f"one-shot {variant.epochs_per_round} ep"
     else:
         schedule = f"iterative {variant.rounds} x {variant.epochs_per_round} ep"
-    return f"pruning{' + KD' if variant.use_kd else ''} ({schedule}, {variant.criterion})"
+    # No parentheses: tables and the drone chapter put this label inside "model (label)".
+    return f"pruning{' + KD' if variant.use_kd else ''}: {schedule}, {variant.criterion}"
 
 
-def method_label(row) -> str:
-    """Return the label of a run's method, e.g. "KD" or "pruning (iterative 10 x 20 ep, l1)".
+def run_label(row) -> str:
+    """Return the detailed label of a run, e.g. "KD" or "pruning: iterative 10 x 20 ep, l1".
 
     A pruning label names the schedule, the criterion and whether the
-    fine-tuning used KD, e.g. "pruning + KD (one-shot, l1)".
+    fine-tuning used KD, e.g. "pruning + KD: one-shot, l1".
     """
     method = _field(row, "method", "")
     if method != "prune":
@@ -819,3 +959,274 @@ def plot_run_rounds(metrics: dict):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------
+# Inference measurements, pruned vs native, compression trade-off
+# --------------------------------------------------------------------------
+
+# Measured metrics the tables below read; a run store from before a metric
+# existed gives NaN for it.
+MEASURED_COLUMNS = (
+    "params", "nonzero_params", "macs", "model_size_mb", "onnx_size_mb",
+    "forward_peak_rss_mb_batch1_cpu", "forward_peak_rss_mb_batch256_cpu",
+    "latency_ms_batch1_cpu", "latency_ms_batch1_cpu_all_threads",
+    "latency_ms_batch1_ort", "latency_ms_batch1_ort_all_threads",
+    "throughput_ips_batch256_cpu", "throughput_ips_batch256_cpu_all_threads",
+    "throughput_ips_batch256_ort", "throughput_ips_batch256_ort_all_threads",
+    "native_latency_ms_batch1_cpu", "native_latency_ms_batch1_ort",
+    "pruned_to_native_latency_ratio_batch1_cpu", "pruned_to_native_latency_ratio_batch256_cpu",
+    "pruned_to_native_latency_ratio_batch1_ort", "pruned_to_native_latency_ratio_batch256_ort",
+    "extra_params", "test_acc",
+)
+DESCRIPTIVE_COLUMNS = ("dataset", "method", "label", "run_label", "model", "width", "teacher_run_id", "native_model", "order")
+
+
+def config_means(results: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per configuration: descriptive columns of its first seed, measured ones averaged."""
+    columns = ["config_id", *DESCRIPTIVE_COLUMNS, "seeds", *MEASURED_COLUMNS]
+    if results.empty:
+        return pd.DataFrame(columns=columns)
+    labelled = add_labels(results)
+    for column in MEASURED_COLUMNS:
+        if column not in labelled:
+            labelled[column] = math.nan
+    for column in DESCRIPTIVE_COLUMNS:
+        if column not in labelled:
+            labelled[column] = None
+    rows = []
+    for config_id, group in labelled.sort_values("order").groupby("config_id", sort=False):
+        row = {"config_id": config_id, "seeds": len(group)}
+        row.update({c: group[c].iloc[0] for c in DESCRIPTIVE_COLUMNS})
+        row.update({c: float(pd.to_numeric(group[c], errors="coerce").mean()) for c in MEASURED_COLUMNS})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _dataset_means(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    means = config_means(results)
+    return means[means["dataset"] == dataset]
+
+
+def footprint_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Return size, compute and measured CPU memory per configuration of one data set.
+
+    Memory is the growth of a fresh process's peak RSS over one forward pass
+    on 1 thread (see `wrnlib.measure.measure_peak_memory_cpu`).
+    """
+    columns = ["Method", "Model", "Params", "Non-zero params", "MACs (M)", "FLOPs (M)", "Weights file (MB)",
+               "ONNX file (MB)", "Forward memory b1 (MB)", "Forward memory b256 (MB)"]
+    rows = []
+    for _, row in _dataset_means(results, dataset).iterrows():
+        rows.append([row["run_label"], row["model"], row["params"], row["nonzero_params"], row["macs"] / 1e6,
+                     2 * row["macs"] / 1e6, row["model_size_mb"], row["onnx_size_mb"],
+                     row["forward_peak_rss_mb_batch1_cpu"], row["forward_peak_rss_mb_batch256_cpu"]])
+    table = pd.DataFrame(rows, columns=columns)
+    for column in ("Params", "Non-zero params"):
+        table[column] = table[column].map(lambda v: "n/a" if math.isnan(v) else f"{int(v):,}")
+    return table.round(2)
+
+
+def speed_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Return batch-1 latency (ms) and batch-256 throughput (images/s) per configuration of one data set.
+
+    "1 thr" is one intra-op thread, "all" every CPU of the measuring process
+    (`measurement_env.threads_all` in metrics.json).
+    """
+    columns = ["Method", "Model", "PyTorch b1, 1 thr (ms)", "PyTorch b1, all (ms)", "ORT b1, 1 thr (ms)",
+               "ORT b1, all (ms)", "PyTorch b256, 1 thr (img/s)", "PyTorch b256, all (img/s)",
+               "ORT b256, 1 thr (img/s)", "ORT b256, all (img/s)"]
+    keys = ["latency_ms_batch1_cpu", "latency_ms_batch1_cpu_all_threads", "latency_ms_batch1_ort",
+            "latency_ms_batch1_ort_all_threads", "throughput_ips_batch256_cpu",
+            "throughput_ips_batch256_cpu_all_threads", "throughput_ips_batch256_ort",
+            "throughput_ips_batch256_ort_all_threads"]
+    rows = [[row["run_label"], row["model"], *(row[k] for k in keys)]
+            for _, row in _dataset_means(results, dataset).iterrows()]
+    table = pd.DataFrame(rows, columns=columns)
+    for column in columns[2:6]:
+        table[column] = table[column].round(3)
+    for column in columns[6:]:
+        table[column] = table[column].map(lambda v: "n/a" if math.isnan(v) else f"{v:,.0f}")
+    return table
+
+
+def pruned_native_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Return, per pruning configuration, its latency against the native WRN of the same widths.
+
+    Both were timed in one process, interleaved, on 1 thread. A ratio above 1
+    means the pruned model is slower than its native twin.
+    """
+    columns = ["Dataset", "Method", "Teacher", "Pruned model", "Native twin", "Extra params",
+               "Pruned b1 (ms)", "Native b1 (ms)", "Ratio b1 PyTorch", "Ratio b256 PyTorch", "Ratio b1 ORT",
+               "Ratio b256 ORT"]
+    means = config_means(results)
+    means = means[means["method"] == "prune"]
+    rows = []
+    for _, row in means.iterrows():
+        rows.append([row["dataset"], row["run_label"], _teacher_label(results, row["teacher_run_id"]), row["model"],
+                     row["native_model"], row["extra_params"], row["latency_ms_batch1_cpu"],
+                     row["native_latency_ms_batch1_cpu"], row["pruned_to_native_latency_ratio_batch1_cpu"],
+                     row["pruned_to_native_latency_ratio_batch256_cpu"],
+                     row["pruned_to_native_latency_ratio_batch1_ort"],
+                     row["pruned_to_native_latency_ratio_batch256_ort"]])
+    table = pd.DataFrame(rows, columns=columns).round(3)
+    table["Extra params"] = table["Extra params"].map(lambda v: "n/a" if pd.isna(v) else f"{int(v):,}")
+    return table
+
+
+def pruned_native_numbers(results: pd.DataFrame) -> dict:
+    """Return the pruned-vs-native numbers the book quotes: counts and the range of latency ratios."""
+    table = pruned_native_table(results)
+    numbers = {"prune_native_runs": int(len(table))}
+    for key, column in (("b1", "Ratio b1 PyTorch"), ("b256", "Ratio b256 PyTorch"), ("b1_ort", "Ratio b1 ORT"),
+                        ("b256_ort", "Ratio b256 ORT")):
+        ratios = pd.to_numeric(table[column], errors="coerce").dropna()
+        numbers[f"prune_native_ratio_{key}_min"] = float(ratios.min()) if not ratios.empty else math.nan
+        numbers[f"prune_native_ratio_{key}_max"] = float(ratios.max()) if not ratios.empty else math.nan
+        numbers[f"prune_native_slower_{key}"] = int((ratios > 1.0).sum())
+    return numbers
+
+
+def compression_table(results: pd.DataFrame, dataset: str, profile: Profile | str) -> pd.DataFrame:
+    """Return, per pair and compressed student, the accuracy lost and the speed gained against its teacher.
+
+    Accuracy lost is teacher minus student test accuracy (%p, positive = the
+    student is worse). The speed-up at batch 1 is teacher latency / student
+    latency, and the gain at batch 256 is student / teacher throughput, both
+    on 1 thread. Above 1 the student is faster.
+    """
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    columns = ["Pair", "Method", "Teacher acc (%)", "Student acc (%)", "Acc lost (%p)", "Speed-up b1 PyTorch (x)",
+               "Speed-up b1 ORT (x)", "Throughput gain b256 PyTorch (x)", "Throughput gain b256 ORT (x)"]
+    means = _dataset_means(results, dataset)
+    rows = []
+    for pair in profile.pairs:
+        teacher = means[(means["method"] == "scratch") & (means["width"] == pair.teacher_width)]
+        students = means[(means["method"] != "scratch") & (means["width"] == pair.student_width) &
+                         means["teacher_run_id"].astype(str).str.contains(
+                             f"-wrn{profile.depth}-{pair.teacher_width}-s", regex=False)]
+        if teacher.empty or students.empty:
+            continue
+        t = teacher.iloc[0]
+        for _, s in students.iterrows():
+            rows.append([
+                f"WRN-{profile.depth}-{pair.teacher_width} -> WRN-{profile.depth}-{pair.student_width}", s["run_label"],
+                t["test_acc"], s["test_acc"], t["test_acc"] - s["test_acc"],
+                t["latency_ms_batch1_cpu"] / s["latency_ms_batch1_cpu"],
+                t["latency_ms_batch1_ort"] / s["latency_ms_batch1_ort"],
+                s["throughput_ips_batch256_cpu"] / t["throughput_ips_batch256_cpu"],
+                s["throughput_ips_batch256_ort"] / t["throughput_ips_batch256_ort"],
+            ])
+    return pd.DataFrame(rows, columns=columns).round(2)
+
+
+def compression_numbers(results: pd.DataFrame, profile: Profile | str) -> dict:
+    """Return per data set the mean accuracy lost and speed-up of KD and of node pruning (all its variants)."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    numbers: dict = {}
+    for dataset in profile.datasets:
+        table = compression_table(results, dataset, profile)
+        for key, chosen in (("kd", table["Method"] == "KD"), ("prune", table["Method"] != "KD")):
+            part = table[chosen]
+            for name, column in (("acc_lost", "Acc lost (%p)"), ("speedup", "Speed-up b1 PyTorch (x)"),
+                                 ("speedup_ort", "Speed-up b1 ORT (x)"),
+                                 ("throughput_gain", "Throughput gain b256 PyTorch (x)")):
+                values = pd.to_numeric(part[column], errors="coerce").dropna()
+                numbers[f"drone_{dataset}_{key}_{name}"] = float(values.mean()) if not values.empty else math.nan
+    return numbers
+
+
+def seeds_note(profile: Profile | str) -> str:
+    """Return how many seeds each configuration of `profile` runs, and what the tables show for that."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    if len(profile.seeds) > 1:
+        return f"mean ± std over {len(profile.seeds)} seeds"
+    return "1 seed per configuration, so no std"
+
+
+def plot_drone_fps(results: pd.DataFrame, dataset: str, profile: Profile | str, camera_fps: float = CAMERA_FPS):
+    """Plot batch-1 frames per second on 1 CPU thread, PyTorch and ONNX Runtime, against the camera rate."""
+    plt = _pyplot()
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    means = _dataset_means(results, dataset)
+    names = [f"{row['model']} ({row['label']})" for _, row in means.iterrows()]
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * max(3, len(names)) + 1.2))
+    if names:
+        y = np.arange(len(names))
+        ax.barh(y - 0.2, 1000.0 / means["latency_ms_batch1_cpu"].to_numpy(float), height=0.4,
+                color="tab:blue", label="PyTorch, 1 thread")
+        ax.barh(y + 0.2, 1000.0 / means["latency_ms_batch1_ort"].to_numpy(float), height=0.4,
+                color="tab:orange", label="ONNX Runtime, 1 thread")
+        ax.set_yticks(y, names, fontsize=8)
+        ax.invert_yaxis()
+    ax.axvline(camera_fps, color="red", linestyle="--", label=f"camera, {camera_fps:g} fps")
+    ax.set_xscale("log")
+    ax.set_xlabel("frames per second at batch 1 (log scale)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
+    ax.grid(alpha=0.3, axis="x", which="both")
+    ax.set_title(f"{dataset}: batch-1 frame rate on 1 CPU thread "
+                 f"[{profile.name}{' miniature' if profile.miniature else ''}]", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _measurement_rows(metrics: dict) -> list[tuple[str, str]]:
+    """Return the run page rows of the measurements beyond batch-1 PyTorch latency, where present."""
+    env = metrics.get("measurement_env") or {}
+    threads_all = env.get("threads_all", "all")
+    rows = [
+        ("non-zero parameters", "nonzero_params", ",.0f"),
+        ("FLOPs (M, = 2 x MACs)", "flops", ",.2f"),
+        ("latency, batch 1, 1 CPU thread, p90 (ms)", "latency_p90_ms_batch1_cpu", ".3f"),
+        (f"latency, batch 1, {threads_all} CPU threads (ms, median)", "latency_ms_batch1_cpu_all_threads", ".3f"),
+        ("throughput, batch 256, 1 CPU thread (images/s)", "throughput_ips_batch256_cpu", ",.0f"),
+        (f"throughput, batch 256, {threads_all} CPU threads (images/s)", "throughput_ips_batch256_cpu_all_threads",
+         ",.0f"),
+        ("ONNX Runtime latency, batch 1, 1 thread (ms, median)", "latency_ms_batch1_ort", ".3f"),
+        ("ONNX Runtime throughput, batch 256, 1 thread (images/s)", "throughput_ips_batch256_ort", ",.0f"),
+        ("ONNX max |difference| to PyTorch", "onnx_max_abs_diff", ".2e"),
+        ("forward-pass memory, batch 1, CPU (MB, peak RSS growth)", "forward_peak_rss_mb_batch1_cpu", ".1f"),
+        ("forward-pass memory, batch 256, CPU (MB, peak RSS growth)", "forward_peak_rss_mb_batch256_cpu", ".1f"),
+        ("native twin latency, batch 1, 1 CPU thread (ms)", "native_latency_ms_batch1_cpu", ".3f"),
+        ("pruned / native latency, batch 1, 1 CPU thread", "pruned_to_native_latency_ratio_batch1_cpu", ".3f"),
+        ("pruned / native latency, batch 256, 1 CPU thread", "pruned_to_native_latency_ratio_batch256_cpu", ".3f"),
+    ]
+    shown = []
+    for name, key, spec in rows:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            shown.append((name, format(value / 1e6 if key == "flops" else value, spec)))
+    if env:
+        shown.append(("measured on", f"{env.get('cpu_model')}, {env.get('available_cpus')} CPUs, "
+                                     f"onnxruntime {env.get('onnxruntime_version')}, ONNX opset {env.get('onnx_opset')}"))
+    return shown
+
+
+def measurement_env_numbers(results: pd.DataFrame) -> dict:
+    """Return the hardware and versions behind the measured figures of `results`, keyed by glue name.
+
+    Values that differ between runs are joined with " / ". The load average is
+    the highest seen when a run started measuring. The runtime RSS is the
+    median over runs of a memory child's RSS before its forward pass.
+    """
+    envs = [e for e in (results["measurement_env"] if "measurement_env" in results else []) if isinstance(e, dict)]
+
+    def joined(key: str) -> str:
+        values = sorted({str(e.get(key)) for e in envs if e.get(key) is not None})
+        return " / ".join(values) if values else "n/a"
+
+    loads = [e["load_average_1min"] for e in envs if isinstance(e.get("load_average_1min"), (int, float))]
+    baseline = pd.Series(dtype=float)
+    if "process_peak_rss_mb_batch1_cpu" in results and "forward_peak_rss_mb_batch1_cpu" in results:
+        baseline = (results["process_peak_rss_mb_batch1_cpu"] - results["forward_peak_rss_mb_batch1_cpu"]).dropna()
+    return {
+        "measure_runs": len(envs),
+        "measure_cpu_model": joined("cpu_model"),
+        "measure_threads_all": joined("threads_all"),
+        "measure_torch_version": joined("torch_version"),
+        "measure_ort_version": joined("onnxruntime_version"),
+        "measure_onnx_opset": joined("onnx_opset"),
+        "measure_max_load": float(max(loads)) if loads else math.nan,
+        # RSS of the child process before its forward pass: interpreter, PyTorch, model and input.
+        "measure_runtime_rss_mb": float(baseline.median()) if not baseline.empty else math.nan,
+    }

@@ -1,10 +1,11 @@
 """The run store: run configs, paths, atomic writes and the state of each run.
 
 Layout: `<runs root>/<profile>/<run_id>/` holds `config.json`, `history.csv`,
-`checkpoint.pt` (while training), `model.pt` (final weights), `metrics.json`
-and the executed notebook. A pruning run also writes `pruning.json` and one
-`rounds/<NN>/` folder per pruning round (its checkpoint, history and record).
-A run is `done` only when `metrics.json` exists and has every key in
+`checkpoint.pt` (while training), `model.pt` (final weights), `model.onnx`
+(the same weights exported for ONNX Runtime), `metrics.json` and the executed
+notebook. A pruning run also writes `pruning.json` and one `rounds/<NN>/`
+folder per pruning round (its checkpoint, history and record). A run is
+`done` only when `metrics.json` exists and has every key in
 `REQUIRED_METRICS`; a folder without it is `partial` and the next attempt
 resumes from its checkpoint.
 
@@ -290,7 +291,8 @@ class RunConfig:
     epochs_per_round: int | None = None  # fine-tuning epochs after each round; None = epochs / rounds
     use_kd: bool = False            # prune only: fine-tune with KD from the unpruned teacher
     # Measurement
-    latency_repeats: int = 30
+    latency_repeats: int = 30       # timed passes per batch-1 latency figure
+    throughput_repeats: int = 3     # timed passes per batch-256 throughput figure
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -341,6 +343,10 @@ class RunConfig:
             raise ConfigError(f"run {self.run_id}: dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"run {self.run_id}: precision must be auto, bf16 or fp32, got {self.precision!r}")
+        for name in ("latency_repeats", "throughput_repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"run {self.run_id}: {name} must be an integer >= 1, got {value!r}")
         if self.temperature <= 0:
             raise ConfigError(f"run {self.run_id}: temperature must be > 0, got {self.temperature}")
 

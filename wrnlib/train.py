@@ -307,8 +307,9 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
     is created, so a bad input leaves nothing behind. Training holds the run's
     train.lock: a second process that calls this for the same run waits, then
     returns the metrics the first one wrote. The run writes config.json, trains
-    with `train` (`fit` by default), saves model.pt, measures the model and
-    writes metrics.json last. A `train` function takes fit's arguments and
+    with `train` (`fit` by default), saves model.pt, measures the model
+    (`measure.measure_model`, which also writes model.onnx) and writes
+    metrics.json last. A `train` function takes fit's arguments and
     returns fit's result. Its result may add "model", the trained model when it
     is not the one `build` returned, and "extra", more metrics.
     """
@@ -342,7 +343,8 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
 def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataSplits,
                        teacher: nn.Module | None, device: torch.device, progress: bool,
                        train: Callable = fit) -> dict:
-    from .measure import count_macs, count_parameters, measure_latency, model_size_mb
+    from .measure import measure_model
+    from .models import WideResNet
 
     model, criterion, extra = build(cfg, data, teacher)
     result = train(model, data, cfg, folder, criterion=criterion, device=device, progress=progress)
@@ -352,7 +354,11 @@ def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataS
     model_path = folder / "model.pt"
     runs.save_model(model, model_path)
     cpu_model = runs.load_model(model_path)
-    latency = measure_latency(cpu_model, batch_size=1, threads=1, device="cpu", repeats=cfg.latency_repeats)
+    # A pruned model is timed interleaved with the native WRN of its target width.
+    native = WideResNet(cfg.depth, cfg.width, data.num_classes) if cfg.method == "prune" else None
+    measured = measure_model(cpu_model, model_path, folder / "model.onnx", latency_repeats=cfg.latency_repeats,
+                             throughput_repeats=cfg.throughput_repeats, native=native,
+                             cuda=device.type == "cuda", progress=progress)
     metrics = {
         "run_id": cfg.run_id,
         "profile": cfg.profile,
@@ -369,14 +375,9 @@ def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataS
         "test_acc": result["test_acc"],
         "test_loss": result["test_loss"],
         "final_val_acc": result["history"][-1]["val_acc"],
-        "params": count_parameters(cpu_model),
-        "macs": count_macs(cpu_model),
-        "model_size_mb": model_size_mb(model_path),
         "train_seconds": result["train_seconds"],
         "precision": result["precision"],
-        "latency_ms_batch1_cpu": latency["median_ms"],
-        "latency_p90_ms_batch1_cpu": latency["p90_ms"],
-        "latency_threads": latency["threads"],
+        **measured,
         **extra,
         **runs.environment_info(device),
     }
