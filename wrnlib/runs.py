@@ -186,6 +186,7 @@ class RunConfig:
     test_subset: int | None = None   # stratified subset of the test set; None = all 10,000
     eval_batch_size: int = 512
     precision: str = "auto"         # auto | bf16 | fp32
+    compile: bool = False           # run the training forward through torch.compile
     # Knowledge distillation (method kd, or prune with kd_weight > 0)
     temperature: float = 4.0
     ce_weight: float = 0.1
@@ -233,6 +234,8 @@ class RunConfig:
             raise ConfigError(f"run {self.run_id}: epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"run {self.run_id}: batch_size must be >= 1, got {self.batch_size}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"run {self.run_id}: compile must be true or false, got {self.compile!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"run {self.run_id}: precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.temperature <= 0:

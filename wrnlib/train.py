@@ -11,10 +11,11 @@ The test split is evaluated once, after the last epoch.
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,10 @@ from .data import DataSplits, augment_batch, iterate_batches, normalize, prepare
 from .errors import ConfigError, RunError
 from .runs import RunConfig
 
-__all__ = ["default_device", "evaluate", "execute_run", "fit", "resolve_precision", "run_scratch"]
+__all__ = [
+    "StepResults", "compile_model", "default_device", "evaluate", "execute_run", "fit", "make_optimizer",
+    "resolve_precision", "run_scratch", "train_steps",
+]
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
                   "val_seconds", "images_per_second")
@@ -74,6 +78,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Ten
     device = next(model.parameters()).device
     total_loss, correct = 0.0, 0
     for xb, yb in iterate_batches(x, y, batch_size):
+        # A no-op for splits moved with `DataSplits.to(..., torch.channels_last)`.
         xb = normalize(xb.to(device), mean, std).contiguous(memory_format=torch.channels_last)
         yb = yb.to(device)
         with autocast_context(precision, device):
@@ -83,6 +88,94 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Ten
     model.train(was_training)
     n = max(1, y.numel())
     return total_loss / n, 100.0 * correct / n
+
+
+# --------------------------------------------------------------------------
+# Training steps
+# --------------------------------------------------------------------------
+
+@dataclass
+class StepResults:
+    """What `train_steps` returns; every tensor stays on the training device."""
+
+    losses: list[torch.Tensor]      # one detached scalar loss per step, in step order
+    batch_sizes: list[int]
+    correct: torch.Tensor           # int64 count of correct training predictions
+
+    @property
+    def images(self) -> int:
+        return sum(self.batch_sizes)
+
+    def loss_sum(self) -> float:
+        """Return the sum over steps of loss x batch size (one device synchronisation)."""
+        if not self.losses:
+            return 0.0
+        sizes = torch.tensor(self.batch_sizes, dtype=torch.float64, device=self.losses[0].device)
+        return float((torch.stack(self.losses).double() * sizes).sum())
+
+    def first_non_finite(self) -> tuple[int, float] | None:
+        """Return (0-based step, loss) of the first NaN or infinite loss, or None."""
+        if not self.losses:
+            return None
+        losses = torch.stack(self.losses).float()
+        bad = torch.nonzero(~torch.isfinite(losses)).flatten()
+        if bad.numel() == 0:
+            return None
+        step = int(bad[0])
+        return step, float(losses[step])
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.SGD:
+    """Build the run's SGD (Nesterov momentum, weight decay) with the fused kernel where one exists.
+
+    PyTorch ships a fused SGD for CPU and CUDA parameters; on other devices
+    the default per-parameter implementation is used.
+    """
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def compile_model(model: nn.Module, enabled: bool) -> Callable:
+    """Return `torch.compile(model)` when `enabled`, else `model` itself.
+
+    The compiled module shares the parameters of `model`, so checkpoints and
+    the saved model keep using `model`.
+    """
+    if not enabled:
+        return model
+    return torch.compile(model)
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, mean: torch.Tensor,
+                std: torch.Tensor, generator: torch.Generator, precision: str,
+                criterion: Callable | None = None, forward: Callable | None = None) -> StepResults:
+    """Run one SGD step per (uint8 images, labels) batch: augment, normalise, forward, backward, update.
+
+    `forward` is the callable that runs the model (a `torch.compile` wrapper of
+    `model`, or `model` itself when None). Nothing here reads a value back from
+    the device, so on a GPU the host never waits between steps; the caller
+    checks `StepResults.first_non_finite` afterwards.
+    """
+    criterion = criterion or cross_entropy_criterion
+    forward = model if forward is None else forward
+    device = next(model.parameters()).device
+    model.train()
+    results = StepResults([], [], torch.zeros((), dtype=torch.int64, device=device))
+    for xb, yb in batches:
+        inputs = normalize(augment_batch(xb, generator), mean, std)
+        # A no-op for the channels-last batches augment_batch returns.
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast_context(precision, device):
+            logits = forward(inputs)
+            loss = criterion(logits, inputs, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        results.losses.append(loss.detach())
+        results.batch_sizes.append(yb.numel())
+        results.correct += (logits.argmax(1) == yb).sum()
+    return results
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
@@ -111,6 +204,24 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
         ) from None
 
 
+def _train_epoch(model, optimizer, batches, splits, generator, precision, criterion, forward,
+                 cfg: RunConfig) -> StepResults:
+    if not cfg.compile:
+        return train_steps(model, optimizer, batches, splits.mean, splits.std, generator, precision,
+                           criterion=criterion, forward=forward)
+    from torch._dynamo.exc import TorchDynamoException
+
+    try:
+        return train_steps(model, optimizer, batches, splits.mean, splits.std, generator, precision,
+                           criterion=criterion, forward=forward)
+    except TorchDynamoException as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunError(
+            f"run {cfg.run_id}: torch.compile failed ({type(exc).__name__}: {first_line}). "
+            "Set compile to false for this run, or install the C++ compiler TorchInductor needs."
+        ) from None
+
+
 def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         criterion: Callable | None = None, device: torch.device | None = None,
         progress: bool = False) -> dict:
@@ -131,9 +242,9 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         torch.backends.cudnn.benchmark = True
 
     model.to(device, memory_format=torch.channels_last)
-    splits = data.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    forward = compile_model(model, cfg.compile)
+    splits = data.to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones),
                                                      gamma=cfg.lr_gamma)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -157,30 +268,24 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
     n_train = splits.train_y.numel()
     bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=cfg.run_id, unit="epoch", disable=not progress)
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        loss_sum, correct = 0.0, torch.zeros((), dtype=torch.int64, device=device)
         batches = iterate_batches(splits.train_x, splits.train_y, cfg.batch_size, shuffle=True,
                                   generator=generator)
-        for step, (xb, yb) in enumerate(batches):
-            inputs = normalize(augment_batch(xb, generator), splits.mean, splits.std)
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with autocast_context(precision, device):
-                logits = model(inputs)
-                loss = criterion(logits, inputs, yb)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise RunError(
-                    f"run {cfg.run_id}: the training loss became {loss_value} at epoch {epoch + 1}, "
-                    f"step {step + 1}, learning rate {lr:g}. Lower the learning rate or check the data; "
-                    "the last finished epoch is kept in the checkpoint."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss_value * yb.numel()
-            correct += (logits.argmax(1) == yb).sum()
+        steps = _train_epoch(model, optimizer, batches, splits, generator, precision, criterion, forward, cfg)
+        # The losses are checked once per epoch rather than after every step, so
+        # a GPU never waits for the host mid-epoch; a diverged epoch still raises
+        # before anything of it is checkpointed.
+        non_finite = steps.first_non_finite()
+        if non_finite is not None:
+            step, value = non_finite
+            raise RunError(
+                f"run {cfg.run_id}: the training loss became {value} at epoch {epoch + 1}, "
+                f"step {step + 1}, learning rate {lr:g}. Lower the learning rate or check the data; "
+                "the last finished epoch is kept in the checkpoint."
+            )
+        loss_sum = steps.loss_sum()
+        correct = int(steps.correct)
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -193,7 +298,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": loss_sum / n_train,
-            "train_acc": 100.0 * correct.item() / n_train,
+            "train_acc": 100.0 * correct / n_train,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "seconds": seconds,
@@ -225,6 +330,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         "test_acc": test_acc,
         "train_seconds": sum(r["seconds"] for r in history),
         "precision": precision,
+        "compile": bool(cfg.compile),
         "resumed_from_epoch": start_epoch,
     }
 
@@ -237,8 +343,11 @@ def _check_same_config(cfg: RunConfig, folder: Path) -> None:
     config_path = folder / "config.json"
     if not config_path.is_file():
         return
-    previous = runs.read_json(config_path)
     current = cfg.to_dict()
+    # A setting added to RunConfig after the run was made (compile, for one) is
+    # compared at its default value, so older run folders stay valid.
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+    previous = {**{k: v for k, v in defaults.items() if k in current}, **runs.read_json(config_path)}
     if previous != current:
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         raise RunError(
@@ -332,6 +441,7 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
         "model_size_mb": model_size_mb(model_path),
         "train_seconds": result["train_seconds"],
         "precision": result["precision"],
+        "compile": result["compile"],
         "latency_ms_batch1_cpu": latency["median_ms"],
         "latency_p90_ms_batch1_cpu": latency["p90_ms"],
         "latency_threads": latency["threads"],
