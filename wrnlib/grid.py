@@ -63,6 +63,9 @@ class Profile:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     latency_repeats: int = 30
+    # torch.compile for training; off in every profile because on a 2-core CPU
+    # it was slower than eager mode (BENCHMARKS.md, "Training throughput").
+    compile: bool = False
     miniature: bool = True
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -192,6 +195,7 @@ def plan_runs(profile: Profile | str) -> list[RunSpec]:
         "train_subset": profile.train_subset,
         "test_subset": profile.test_subset,
         "latency_repeats": profile.latency_repeats,
+        "compile": profile.compile,
     }
     specs: list[RunSpec] = []
     d = profile.depth

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from . import runs
 from .data import DataSplits, augment_batch, iterate_batches, normalize, prepare_data
@@ -96,7 +97,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Ten
 
 @dataclass
 class StepResults:
-    """What `train_steps` returns; every tensor stays on the training device."""
+    """Per-step losses, batch sizes and correct predictions of `train_steps`, kept on the training device."""
 
     losses: list[torch.Tensor]      # one detached scalar loss per step, in step order
     batch_sizes: list[int]
@@ -154,24 +155,30 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
 
     `forward` is the callable that runs the model (a `torch.compile` wrapper of
     `model`, or `model` itself when None). Nothing here reads a value back from
-    the device, so on a GPU the host never waits between steps; the caller
-    checks `StepResults.first_non_finite` afterwards.
+    the device, so on a GPU the host queues steps ahead without waiting. The
+    caller checks `StepResults.first_non_finite` afterwards.
     """
     criterion = criterion or cross_entropy_criterion
     forward = model if forward is None else forward
     device = next(model.parameters()).device
     model.train()
     results = StepResults([], [], torch.zeros((), dtype=torch.int64, device=device))
+    # The record_function labels name the phases for torch.profiler
+    # (benchmarks/step_profile.py); they cost about a microsecond when no
+    # profiler runs.
     for xb, yb in batches:
-        inputs = normalize(augment_batch(xb, generator), mean, std)
-        # A no-op for the channels-last batches augment_batch returns.
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast_context(precision, device):
+        with record_function("augment and normalise"):
+            inputs = normalize(augment_batch(xb, generator), mean, std)
+            # A no-op for the channels-last batches augment_batch returns.
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with record_function("forward and loss"), autocast_context(precision, device):
             logits = forward(inputs)
             loss = criterion(logits, inputs, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with record_function("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("optimizer step"):
+            optimizer.step()
         results.losses.append(loss.detach())
         results.batch_sizes.append(yb.numel())
         results.correct += (logits.argmax(1) == yb).sum()
@@ -228,8 +235,9 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
     """Train `model` for `cfg.epochs` epochs, resuming from `folder/checkpoint.pt` if present.
 
     `criterion(logits, inputs, targets)` defaults to cross-entropy. Returns the
-    history rows, test loss and accuracy, summed training seconds and the
-    precision used. Raises RunError on a non-finite loss.
+    history rows, test loss and accuracy, summed training seconds, the
+    precision used and whether torch.compile ran the forward pass. Raises
+    RunError on a non-finite loss or a failed torch.compile.
     """
     from tqdm import tqdm
 
@@ -273,9 +281,9 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         batches = iterate_batches(splits.train_x, splits.train_y, cfg.batch_size, shuffle=True,
                                   generator=generator)
         steps = _train_epoch(model, optimizer, batches, splits, generator, precision, criterion, forward, cfg)
-        # The losses are checked once per epoch rather than after every step, so
-        # a GPU never waits for the host mid-epoch; a diverged epoch still raises
-        # before anything of it is checkpointed.
+        # The losses are checked once per epoch, not after every step, so a GPU
+        # does not wait for the host mid-epoch. A diverged epoch still raises
+        # before it is checkpointed.
         non_finite = steps.first_non_finite()
         if non_finite is not None:
             step, value = non_finite
