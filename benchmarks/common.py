@@ -1,21 +1,28 @@
-"""Helpers shared by the benchmarks: hardware and version facts, and BENCHMARKS.md sections."""
+"""Helpers shared by the benchmarks: hardware and versions, MAC counts, matmul rates, BENCHMARKS.md sections."""
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 __all__ = [
     "BENCHMARKS_FILE",
     "command_line",
+    "count_forward_macs",
     "cpu_info",
     "describe_environment",
+    "hook_forward_macs",
+    "load_average",
+    "measure_matmul_rate",
     "resolve_device",
     "synchronize",
     "update_section",
@@ -53,6 +60,14 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so a timer read afterwards covers it; no-op on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def load_average() -> float | None:
+    """Return the 1-minute system load average, or None where the OS does not report one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def cpu_info() -> dict:
@@ -144,6 +159,69 @@ def update_section(path: str | Path, heading: str, body: str) -> None:
         after = "".join(lines[end:])
         new_text = "".join(lines[:start]) + section + ("\n" + after if after else "")
     runs.atomic_write_text(path, new_text)
+
+
+def count_forward_macs(model: nn.Module) -> tuple[int, str]:
+    """Return (MACs of one 32x32 forward pass, how they were counted).
+
+    Uses `wrnlib.measure.count_macs` (torchinfo) when torchinfo is installed,
+    else `hook_forward_macs`.
+    """
+    try:
+        from wrnlib.measure import count_macs
+
+        return count_macs(model), "torchinfo"
+    except ImportError:
+        return hook_forward_macs(model), "conv and linear layers (forward hooks)"
+
+
+def hook_forward_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32)) -> int:
+    """Count the MACs of convolutions and linear layers in one forward pass with forward hooks.
+
+    A convolution costs output elements x input channels per group x kernel
+    area; a linear layer output elements x input features. BatchNorm's
+    per-channel work, which torchinfo adds, is left out.
+    """
+    total = 0
+
+    def conv_hook(module, inputs, output):
+        nonlocal total
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        total += output.numel() * (module.in_channels // module.groups) * kernel
+
+    def linear_hook(module, inputs, output):
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    probe = copy.deepcopy(model).cpu().float().eval()
+    handles = [m.register_forward_hook(conv_hook) for m in probe.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_hook(linear_hook) for m in probe.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        probe(torch.zeros(input_size))
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def measure_matmul_rate(device: torch.device, size: int = 8192, dtype: torch.dtype = torch.bfloat16,
+                        repeats: int = 10, warmup: int = 3) -> float:
+    """Return the measured FLOP/s of a (size x size) @ (size x size) product in `dtype` on `device`.
+
+    Random normal inputs; the mean over `repeats` timed products after
+    `warmup` untimed ones; one product is 2 x size^3 FLOPs.
+    """
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    for _ in range(warmup):
+        torch.matmul(a, b)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    synchronize(device)
+    seconds = (time.perf_counter() - started) / repeats
+    return 2.0 * size ** 3 / seconds
 
 
 def print_error_and_exit(message: str) -> None:

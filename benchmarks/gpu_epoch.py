@@ -20,7 +20,6 @@ The second form is a quick check of the script itself on a CPU.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import itertools
 import json
@@ -28,13 +27,14 @@ import sys
 import time
 
 import torch
-from torch import nn
 
 from benchmarks.common import (
     BENCHMARKS_FILE,
     command_line,
+    count_forward_macs,
     describe_environment,
     environment_lines,
+    measure_matmul_rate,
     print_error_and_exit,
     resolve_device,
     synchronize,
@@ -42,71 +42,9 @@ from benchmarks.common import (
 )
 from benchmarks.train_throughput import load_training_data, non_negative_int, positive_int
 
-__all__ = ["count_forward_macs", "hook_forward_macs", "main", "measure_epoch", "measure_matmul_rate"]
+__all__ = ["main", "measure_epoch"]
 
 SECTION = "GPU training epoch"
-
-
-def count_forward_macs(model: nn.Module) -> tuple[int, str]:
-    """Return (MACs of one 32x32 forward pass, how they were counted).
-
-    Uses `wrnlib.measure.count_macs` (torchinfo) when torchinfo is installed,
-    else `hook_forward_macs`.
-    """
-    try:
-        from wrnlib.measure import count_macs
-
-        return count_macs(model), "torchinfo"
-    except ImportError:
-        return hook_forward_macs(model), "conv and linear layers (forward hooks)"
-
-
-def hook_forward_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32)) -> int:
-    """Count the MACs of convolutions and linear layers in one forward pass with forward hooks.
-
-    A convolution costs output elements x input channels per group x kernel
-    area; a linear layer output elements x input features. BatchNorm's
-    per-channel work, which torchinfo adds, is left out.
-    """
-    total = 0
-
-    def conv_hook(module, inputs, output):
-        nonlocal total
-        kernel = module.kernel_size[0] * module.kernel_size[1]
-        total += output.numel() * (module.in_channels // module.groups) * kernel
-
-    def linear_hook(module, inputs, output):
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    probe = copy.deepcopy(model).cpu().float().eval()
-    handles = [m.register_forward_hook(conv_hook) for m in probe.modules() if isinstance(m, nn.Conv2d)]
-    handles += [m.register_forward_hook(linear_hook) for m in probe.modules() if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        probe(torch.zeros(input_size))
-    for handle in handles:
-        handle.remove()
-    return total
-
-
-def measure_matmul_rate(device: torch.device, size: int = 8192, repeats: int = 10, warmup: int = 3) -> float:
-    """Return the measured bf16 FLOP/s of a (size x size) @ (size x size) product on `device`.
-
-    Random normal inputs; the mean over `repeats` timed products after
-    `warmup` untimed ones; one product is 2 x size^3 FLOPs.
-    """
-    generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16, generator=generator)
-    b = torch.randn(size, size, device=device, dtype=torch.bfloat16, generator=generator)
-    for _ in range(warmup):
-        torch.matmul(a, b)
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        torch.matmul(a, b)
-    synchronize(device)
-    seconds = (time.perf_counter() - started) / repeats
-    return 2.0 * size ** 3 / seconds
 
 
 def measure_epoch(model_name: str, data, device: torch.device, *, batch_size: int = 128, images: int | None = None,
@@ -118,7 +56,7 @@ def measure_epoch(model_name: str, data, device: torch.device, *, batch_size: in
     from wrnlib.data import iterate_batches
     from wrnlib.models import WideResNet, parse_model_name
     from wrnlib.runs import RunConfig
-    from wrnlib.train import compile_model, make_optimizer, resolve_precision, train_steps
+    from wrnlib.train import compile_model, keep_freed_cpu_memory, make_optimizer, resolve_precision, train_steps
 
     depth, width = parse_model_name(model_name)
     available = data.train_y.numel()
@@ -130,6 +68,8 @@ def measure_epoch(model_name: str, data, device: torch.device, *, batch_size: in
     resolved_precision = resolve_precision(precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        keep_freed_cpu_memory()  # as fit does on the CPU
 
     torch.manual_seed(seed)
     model = WideResNet(depth, width, data.num_classes)

@@ -63,10 +63,11 @@ def profile_step(model_name: str, precision: str, data, *, batches: int = 10, wa
     from wrnlib.data import iterate_batches
     from wrnlib.models import WideResNet, parse_model_name
     from wrnlib.runs import RunConfig
-    from wrnlib.train import make_optimizer, resolve_precision, train_steps
+    from wrnlib.train import keep_freed_cpu_memory, make_optimizer, resolve_precision, train_steps
 
     depth, width = parse_model_name(model_name)
     device = torch.device("cpu")
+    keep_freed_cpu_memory()  # as fit does on the CPU
     resolved = resolve_precision(precision, device)
     torch.manual_seed(seed)
     model = WideResNet(depth, width, data.num_classes).to(memory_format=torch.channels_last)

@@ -40,8 +40,11 @@ import torch.nn.functional as F
 from benchmarks.common import (
     BENCHMARKS_FILE,
     command_line,
+    count_forward_macs,
     describe_environment,
     environment_lines,
+    load_average,
+    measure_matmul_rate,
     print_error_and_exit,
     resolve_device,
     synchronize,
@@ -243,7 +246,7 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
     from tqdm import tqdm
 
     from wrnlib.models import WideResNet, parse_model_name
-    from wrnlib.train import resolve_precision
+    from wrnlib.train import keep_freed_cpu_memory, resolve_precision
 
     depth, width = parse_model_name(model_name)
     if threads:
@@ -252,6 +255,9 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
     resolved_precision = resolve_precision(precision, torch_device)
     if torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    # fit applies this on the CPU. It is process-wide, so the reference loop
+    # runs with it too and the ratio compares the loops alone.
+    allocator_tuned = torch_device.type == "cpu" and keep_freed_cpu_memory()
     if data.train_y.numel() < batch_size:
         raise ValueError(f"batch size {batch_size} exceeds the {data.train_y.numel()} training images")
 
@@ -276,6 +282,7 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
         warmup_seconds[loop.name] = time.perf_counter() - started
 
     timings = {loop.name: LoopTiming(loop.name) for loop in loops}
+    load_before = load_average()
     block_sizes = [min(block, batches - start) for start in range(0, batches, block)]
     for index, size in enumerate(tqdm(block_sizes, desc=f"{model_name} blocks", unit="block",
                                       disable=not progress, leave=False)):
@@ -285,8 +292,15 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
         for loop in order:
             timings[loop.name].add(*loop.run(size))
 
+    load_after = load_average()
     wrnlib, reference = timings["wrnlib"], timings["reference"]
     env = describe_environment(torch_device)
+    # Training FLOPs per image, an estimate: the backward pass is taken as twice
+    # the forward pass, and one MAC is two FLOPs.
+    flops_per_image = 3 * count_forward_macs(fresh_model())[0] * 2
+    matmul_size = 8192 if torch_device.type == "cuda" else 2048
+    matmul_rates = {name: measure_matmul_rate(torch_device, matmul_size, dtype, repeats=5, warmup=2)
+                    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
     result = {
         "model": model_name.upper(),
         "batch_size": batch_size,
@@ -303,9 +317,20 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
         "wrnlib_images_per_second": wrnlib.images_per_second,
         "reference_images_per_second": reference.images_per_second,
         "ratio": wrnlib.images_per_second / reference.images_per_second,
+        "training_flops_per_image_estimate": flops_per_image,
+        "wrnlib_flops_per_second_estimate": flops_per_image * wrnlib.images_per_second,
+        "reference_flops_per_second_estimate": flops_per_image * reference.images_per_second,
+        "matmul_size": matmul_size,
+        "matmul_bf16_flops_per_second": matmul_rates["bf16"],
+        "matmul_fp32_flops_per_second": matmul_rates["fp32"],
         "wrnlib_block_images_per_second": wrnlib.block_rates,
         "reference_block_images_per_second": reference.block_rates,
+        # The system's 1-minute load average around the timed blocks, this
+        # process included. Above the CPU count, other jobs competed for the CPUs.
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "compile": compile,
+        "keep_freed_cpu_memory": allocator_tuned,
         **{k: v for k, v in env.items() if k not in ("device", "device_name", "torch_threads")},
     }
     if compile:
@@ -350,6 +375,11 @@ def markdown_section(results: list[dict], command: str, note: str | None) -> str
         f"- Device: {first['device_name']}; wrnlib's loop in {first['precision']}, the reference loop in "
         f"float32; DataLoader workers of the reference loop: {first['reference_workers']}",
     ]
+    if first["load_average_before"] is not None:
+        loads = ", ".join(f"{r['model']} {r['load_average_before']:.2f} to {r['load_average_after']:.2f}"
+                          for r in results)
+        lines.append(f"- System load average (1 minute) before and after the timed blocks, this benchmark's own "
+                     f"threads included: {loads}")
     if note:
         lines.append(f"- Note: {note}")
     lines += [
@@ -361,6 +391,20 @@ def markdown_section(results: list[dict], command: str, note: str | None) -> str
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['precision']} | {r['threads']} | "
                      f"{r['wrnlib_images_per_second']:.1f} | {r['reference_images_per_second']:.1f} | "
                      f"{r['ratio']:.2f}x |")
+    lines += [
+        "",
+        "Estimated training FLOP rates (3 x forward MACs x 2 per image) against the measured rate of a "
+        f"{first['matmul_size']} x {first['matmul_size']} matmul on the same device and threads:",
+        "",
+        "| model | wrnlib GFLOP/s | reference GFLOP/s | bf16 matmul GFLOP/s | fp32 matmul GFLOP/s | "
+        "bf16 / fp32 matmul |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['wrnlib_flops_per_second_estimate'] / 1e9:.0f} | "
+                     f"{r['reference_flops_per_second_estimate'] / 1e9:.0f} | "
+                     f"{r['matmul_bf16_flops_per_second'] / 1e9:.0f} | {r['matmul_fp32_flops_per_second'] / 1e9:.0f} | "
+                     f"{r['matmul_bf16_flops_per_second'] / r['matmul_fp32_flops_per_second']:.2f}x |")
     compiled = [r for r in results if r["compile"]]
     if compiled:
         lines += [
@@ -384,6 +428,9 @@ def markdown_section(results: list[dict], command: str, note: str | None) -> str
         "DataLoader, a float32 NCHW model, `torch.optim.SGD` with the same settings and `loss.item()` "
         "every step.",
     ]
+    if first["keep_freed_cpu_memory"]:
+        lines[-1] += (" `fit` makes glibc keep freed memory for reuse (`wrnlib.train.keep_freed_cpu_memory`); "
+                      "the setting is process-wide, so the reference loop ran with it too.")
     return "\n".join(lines)
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.common import update_section
-from benchmarks.gpu_epoch import count_forward_macs, hook_forward_macs
+from benchmarks.common import count_forward_macs, hook_forward_macs, update_section
 from benchmarks.precision_parity import summarise
 from wrnlib.models import WideResNet
 
@@ -178,3 +177,16 @@ def test_parity_rejects_repeated_seeds():
     proc = run_module("benchmarks.precision_parity", "--seeds", "1", "1")
     assert proc.returncode == 1
     assert "--seeds must be distinct, got [1, 1]" in proc.stderr
+
+
+def test_step_profile_splits_phases(data_root):
+    proc = run_module("benchmarks.step_profile", "--model", "wrn-10-1", "--precision", "fp32", "--batches", "2",
+                      "--warmup", "1", "--batch-size", "8", "--json", data_root=data_root)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout)
+    assert result["model"] == "WRN-10-1"
+    assert result["precision"] == "fp32"
+    assert set(result["phases_ms"]) == {"augment and normalise", "forward and loss", "backward", "optimizer step"}
+    assert all(ms > 0 for ms in result["phases_ms"].values())
+    assert result["operators_ms"]["convolution"] > 0
+    assert result["operators_ms"]["batch norm"] > 0

@@ -1,4 +1,6 @@
+import platform
 import shutil
+import sys
 
 import pytest
 import torch
@@ -191,3 +193,10 @@ def test_resume_accepts_config_without_new_setting(tmp_path):
     assert prepare_run_folder(cfg, tmp_path) == folder
     with pytest.raises(RunError, match=r"changed: compile"):
         prepare_run_folder(_config(compile=True), tmp_path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt is a glibc function")
+def test_keep_freed_cpu_memory_applies_on_glibc():
+    assert train.keep_freed_cpu_memory() is True
+    assert train.keep_freed_cpu_memory() is True  # a second call is a cached no-op
