@@ -486,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=str(BENCHMARKS_FILE),
                         help="markdown file whose section is rewritten (default: BENCHMARKS.md)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--section", help=f"heading of the section to rewrite (default: '{SECTION}', or "
+                                          f"'{GPU_SECTION}' on a GPU)")
     parser.add_argument("--note", help="a line added to the BENCHMARKS.md section, e.g. about machine load")
     return parser
 
@@ -496,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     models = args.model or (["wrn-16-2"] if args.json else list(DEFAULT_TABLE_MODELS))
+    if args.section is not None and (not args.section.strip() or "\n" in args.section):
+        print_error_and_exit(f"--section must be a non-empty, one-line heading, got {args.section!r}")
     if args.json and len(models) != 1:
         print_error_and_exit(f"--json measures one model, got {len(models)} ({', '.join(models)}); "
                              "pass a single --model")
@@ -522,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     if not args.no_write:
         command = command_line("benchmarks.train_throughput", argv)
-        section = GPU_SECTION if results[0]["device"] == "cuda" else SECTION
+        section = args.section or (GPU_SECTION if results[0]["device"] == "cuda" else SECTION)
         update_section(args.output, section, markdown_section(results, command, args.note))
         print(f"wrote the section '{section}' of {args.output}")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.common import count_forward_macs, hook_forward_macs, update_section
+from benchmarks.common import command_line, count_forward_macs, hook_forward_macs, update_section
 from benchmarks.precision_parity import summarise
 from wrnlib.models import WideResNet
 
@@ -46,12 +46,13 @@ def test_throughput_table_writes_own_section(tmp_path, data_root):
     output.write_text("# Benchmarks\n\n## Other\n\nkept text\n", encoding="utf-8")
     proc = run_module("benchmarks.train_throughput", "--model", "wrn-10-1", "--batches", "1", "--warmup", "0",
                       "--batch-size", "8", "--precision", "fp32", "--output", str(output), "--note", "test note",
-                      data_root=data_root)
+                      "--section", "Throughput test", data_root=data_root)
     assert proc.returncode == 0, proc.stderr
     assert "WRN-10-1" in proc.stdout
     text = output.read_text(encoding="utf-8")
     assert "## Other\n\nkept text\n" in text
-    assert text.count("## Training throughput") == 1
+    assert text.count("## Throughput test\n") == 1
+    assert "## Training throughput" not in text
     assert "| WRN-10-1 | 8 | fp32 |" in text
     assert "- Note: test note" in text
     assert "python -m benchmarks.train_throughput --model wrn-10-1" in text
@@ -62,6 +63,7 @@ def test_throughput_table_writes_own_section(tmp_path, data_root):
     (["--model", "wrn-11-2", "--json"], "invalid WRN depth 11"),
     (["--model", "resnet50", "--json"], "invalid model name 'resnet50'"),
     (["--device", "tpu", "--json"], "invalid device 'tpu'"),
+    (["--section", " "], "--section must be a non-empty, one-line heading, got ' '"),
 ])
 def test_throughput_rejects_bad_input(args, message):
     proc = run_module("benchmarks.train_throughput", *args)
@@ -119,6 +121,14 @@ def test_forward_macs_hooks_match_torchinfo():
     # The hooks leave out BatchNorm, which torchinfo counts as a few MACs per channel.
     assert hooked <= torchinfo_macs
     assert hooked == pytest.approx(torchinfo_macs, rel=0.01)
+
+
+def test_command_line_leaves_out_local_paths():
+    argv = ["--model", "wrn-16-2", "--output", "/tmp/x.md", "--data-root=/data", "--save-json", "r.json", "--json"]
+    assert command_line("benchmarks.train_throughput", argv) == \
+        "python -m benchmarks.train_throughput --model wrn-16-2 --json"
+    assert command_line("benchmarks.step_profile", ["--note", "a b"]) == \
+        "python -m benchmarks.step_profile --note 'a b'"
 
 
 def test_update_section_replaces_only_its_section(tmp_path):
@@ -183,10 +193,16 @@ def test_step_profile_splits_phases(data_root):
     proc = run_module("benchmarks.step_profile", "--model", "wrn-10-1", "--precision", "fp32", "--batches", "2",
                       "--warmup", "1", "--batch-size", "8", "--json", data_root=data_root)
     assert proc.returncode == 0, proc.stderr
-    (result,) = json.loads(proc.stdout)
-    assert result["model"] == "WRN-10-1"
-    assert result["precision"] == "fp32"
-    assert set(result["phases_ms"]) == {"augment and normalise", "forward and loss", "backward", "optimizer step"}
-    assert all(ms > 0 for ms in result["phases_ms"].values())
-    assert result["operators_ms"]["convolution"] > 0
-    assert result["operators_ms"]["batch norm"] > 0
+    keep, default = json.loads(proc.stdout)
+    assert keep["malloc"] == "keep freed"
+    assert default["malloc"] == "glibc default"
+    for result in (keep, default):
+        assert result["model"] == "WRN-10-1"
+        assert result["precision"] == "fp32"
+        assert result["wall_ms"] > 0
+        assert result["system_ms"] >= 0
+        assert set(result["phases_ms"]) == {"augment and normalise", "forward and loss", "backward",
+                                            "optimizer step"}
+        assert all(ms > 0 for ms in result["phases_ms"].values())
+        assert result["operators_ms"]["convolution"] > 0
+        assert result["operators_ms"]["batch norm"] > 0

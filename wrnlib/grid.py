@@ -63,8 +63,9 @@ class Profile:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     latency_repeats: int = 30
-    # torch.compile for training; off in every profile because on a 2-core CPU
-    # it was slower than eager mode (BENCHMARKS.md, "Training throughput").
+    # torch.compile for training. Off in every profile: on a 2-core CPU it was no
+    # faster than eager mode and took 20-45 s to compile (BENCHMARKS.md).
+    # NOTE: not yet measured on a GPU; WITH_COMPILE=1 benchmarks/gpu_check.sh does.
     compile: bool = False
     miniature: bool = True
     extra: dict = field(default_factory=dict, hash=False, compare=False)
