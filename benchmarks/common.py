@@ -140,15 +140,15 @@ PATH_OPTIONS = ("--output", "--save-json", "--data-root")
 
 def command_line(module: str, argv: list[str]) -> str:
     """Return the shell command that reruns `python -m module` with `argv`, without its local paths."""
-    kept, skip_next = [], False
+    kept_args, skip_next = [], False
     for arg in argv:
         if skip_next:
             skip_next = False
         elif arg in PATH_OPTIONS:
             skip_next = True
         elif not arg.startswith(tuple(f"{option}=" for option in PATH_OPTIONS)):
-            kept.append(arg)
-    return " ".join(["python", "-m", module, *(shlex.quote(arg) for arg in kept)])
+            kept_args.append(arg)
+    return " ".join(["python", "-m", module, *(shlex.quote(arg) for arg in kept_args)])
 
 
 def update_section(path: str | Path, heading: str, body: str) -> None:

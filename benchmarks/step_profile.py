@@ -1,4 +1,4 @@
-"""Where one training step of wrnlib's loop spends its time, on the CPU.
+"""Time breakdown of one CPU training step of wrnlib's loop, by phase and by operator group.
 
 Profiles `wrnlib.train.train_steps` with `torch.profiler` over a number of
 batches. Per step, it reports the time of each phase that `train_steps`

@@ -72,13 +72,14 @@ _M_MMAP_THRESHOLD = -3
 def keep_freed_cpu_memory() -> bool:
     """Make glibc's malloc keep freed blocks for reuse instead of returning them to the OS.
 
-    A training step frees and allocates the same activation sizes every step.
-    By default glibc serves large blocks from fresh mmap pages and trims the
-    heap, so the kernel zero-fills tens of MB of new pages per step (about
-    20 ms of system time per WRN-16-2 step on a 2-core CPU). Raising the mmap
-    and trim thresholds to 1 GiB keeps those pages mapped, at the cost that
-    the process does not shrink until it exits. The setting is process-wide.
-    Returns True where it was applied (Linux with glibc), else False.
+    Training frees and allocates the same activation sizes every step. By
+    default glibc serves large blocks from fresh mmap pages and trims the heap,
+    so the kernel zero-fills tens of MB of new pages per step: 16 ms of system
+    time per bf16 WRN-16-2 step on one CPU thread (BENCHMARKS.md, "Where a
+    training step's time goes"). Raising the mmap and trim thresholds to 1 GiB
+    keeps those pages mapped, at the cost that the process's memory does not
+    shrink until it exits. The setting is process-wide. Returns True where it
+    was applied (Linux with glibc), else False.
     """
     if not sys.platform.startswith("linux"):
         return False
