@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from wrnlib import data as wdata
-from wrnlib.data import augment_batch, load_cifar, prepare_data, stratified_split
+from wrnlib.data import augment_batch, load_cifar, normalize, prepare_data, stratified_split
 from wrnlib.errors import DataError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -154,6 +154,37 @@ def test_augment_is_crop_of_padded_image():
             if torch.equal(out[i], (lambda w: w.flip(2) if flip else w)(padded[i, :, dy:dy + 32, dx:dx + 32]))
         ]
         assert matches, f"image {i} is not a (flipped) 32x32 window of the padded image"
+
+
+def test_augment_returns_channels_last():
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == (4, 3, 32, 32)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    channels_last_input = augment_batch(x.contiguous(memory_format=torch.channels_last),
+                                        torch.Generator().manual_seed(0))
+    assert torch.equal(out, channels_last_input)
+
+
+def test_normalize_standardises_and_keeps_layout():
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.25, 0.2, 0.3]).view(1, 3, 1, 1)
+    out = normalize(x, mean, std)
+    assert out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, (x.float() / 255.0 - mean) / std, rtol=0, atol=1e-6)
+
+
+def test_splits_move_images_channels_last(data_root):
+    splits = prepare_data("cifar10", data_root, val_size=20, train_subset=40, test_subset=20, seed=0,
+                          download=False)
+    moved = splits.to("cpu", memory_format=torch.channels_last)
+    for name in ("train_x", "val_x", "test_x"):
+        assert getattr(moved, name).is_contiguous(memory_format=torch.channels_last), name
+        assert torch.equal(getattr(moved, name), getattr(splits, name)), name
+    assert torch.equal(moved.train_y, splits.train_y)
+    assert moved.mean.shape == (1, 3, 1, 1)
 
 
 def test_augment_is_seeded():

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from wrnlib.grid import plan_runs
-from wrnlib.runs import REQUIRED_METRICS
+from wrnlib.runs import REQUIRED_METRICS, read_history
+from wrnlib.train import resolve_precision
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +42,20 @@ def test_every_run_done_with_required_metrics(smoke):
         assert (folder / "history.csv").is_file()
         assert (folder / "model.pt").is_file()
         assert not (folder / "checkpoint.pt").exists()
+
+
+def test_runs_record_precision_and_speed(smoke):
+    expected_precision = resolve_precision("auto", torch.device("cpu"))
+    for spec in plan_runs("smoke"):
+        folder = smoke["runs"] / "smoke" / spec.run_id
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["precision"] == expected_precision, spec.run_id
+        assert metrics["compile"] is False, spec.run_id
+        history = read_history(folder)
+        assert len(history) == spec.config["epochs"], spec.run_id
+        for row in history:
+            assert row["seconds"] > 0, spec.run_id
+            assert row["images_per_second"] == pytest.approx(metrics["train_images"] / row["seconds"])
 
 
 def test_pruned_run_reports_extra_shortcut(smoke):

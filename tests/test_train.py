@@ -1,18 +1,21 @@
 import errno
 import os
+import platform
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from wrnlib import runs
+from wrnlib import runs, train
 from wrnlib.data import prepare_data
 from wrnlib.distill import run_distillation
-from wrnlib.errors import RunError, StoreError
+from wrnlib.errors import ConfigError, RunError, StoreError
 from wrnlib.models import WideResNet
 from wrnlib.runs import REQUIRED_METRICS, RunConfig
-from wrnlib.train import fit, prepare_run_folder, resolve_precision, run_scratch
+from wrnlib.train import StepResults, fit, prepare_run_folder, resolve_precision, run_scratch
 
 TIMING_COLUMNS = {"seconds", "val_seconds", "images_per_second"}
 
@@ -246,3 +249,95 @@ def test_read_only_store_leaves_nothing(tmp_path, data_root, monkeypatch):
     with pytest.raises(StoreError, match=r"the file system is read-only\. Pass a writable --runs-dir"):
         run_scratch(_scratch_config(), runs_dir=store, data_root=data_root)
     assert not store.exists()
+
+
+def test_history_reports_images_per_second(tmp_path, tiny_data):
+    _train(_config(epochs=2), tiny_data, tmp_path)
+    rows = runs.read_history(tmp_path)
+    n_train = tiny_data.train_y.numel()
+    for row in rows:
+        assert row["seconds"] > 0
+        assert row["images_per_second"] > 0
+        assert row["images_per_second"] == pytest.approx(n_train / row["seconds"])
+
+
+@pytest.mark.parametrize("requested", ["bf16", "fp32", "auto"])
+def test_fit_reports_precision_used(tmp_path, tiny_data, requested):
+    result, _ = _train(_config(epochs=1, precision=requested), tiny_data, tmp_path)
+    assert result["precision"] == resolve_precision(requested, torch.device("cpu"))
+    assert result["compile"] is False
+
+
+def test_bf16_training_changes_weights_finitely(tmp_path, tiny_data):
+    torch.manual_seed(0)
+    model = WideResNet(10, 1, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit(model, tiny_data, _config(epochs=1, precision="bf16"), tmp_path, device=torch.device("cpu"))
+    assert result["precision"] == "bf16"
+    assert all(torch.isfinite(v.float()).all() for v in model.state_dict().values())
+    assert not torch.equal(before["stem.weight"], model.state_dict()["stem.weight"])
+    assert model.stem.weight.dtype == torch.float32  # autocast keeps the float32 master weights
+
+
+def test_step_results_first_non_finite():
+    steps = StepResults([torch.tensor(2.3), torch.tensor(float("inf")), torch.tensor(float("nan"))], [4, 4, 2],
+                        torch.tensor(0))
+    assert steps.first_non_finite() == (1, float("inf"))
+    assert steps.images == 10
+    finite = StepResults([torch.tensor(2.0), torch.tensor(1.0)], [4, 2], torch.tensor(0))
+    assert finite.first_non_finite() is None
+    assert finite.loss_sum() == pytest.approx(10.0)
+    assert StepResults([], [], torch.tensor(0)).loss_sum() == 0.0
+
+
+def test_compile_setting_must_be_boolean():
+    with pytest.raises(ConfigError, match="compile must be true or false, got 'yes'"):
+        _config(compile="yes").validate()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's CPU backend (TorchInductor) needs a C++ compiler")
+def test_compile_flag_trains_one_step(tmp_path, tiny_data):
+    # One epoch of one batch: compilation dominates (tens of seconds on 2 cores).
+    cfg = _config(epochs=1, compile=True, batch_size=256, precision="fp32")
+    result, model = _train(cfg, tiny_data, tmp_path)
+    assert result["compile"] is True
+    assert [r["epoch"] for r in runs.read_history(tmp_path)] == [1]
+    assert all(torch.isfinite(v.float()).all() for v in model.state_dict().values())
+    # The run saves the plain module's weights, never the compiled wrapper's.
+    assert not any(k.startswith("_orig_mod.") for k in model.state_dict())
+
+
+def test_compile_failure_names_the_setting(tmp_path, tiny_data, monkeypatch):
+    from torch._dynamo.exc import TorchDynamoException
+
+    def failing_compile(model, enabled):
+        def forward(inputs):
+            raise TorchDynamoException("backend compiler failed")
+        return forward if enabled else model
+
+    monkeypatch.setattr(train, "compile_model", failing_compile)
+    with pytest.raises(RunError, match=r"torch.compile failed \(TorchDynamoException: backend compiler failed\)"
+                                       r"\. Set compile to false"):
+        _train(_config(epochs=1, compile=True), tiny_data, tmp_path)
+
+
+def test_resume_accepts_config_without_new_setting(tmp_path):
+    cfg = _config()
+    folder = runs.run_dir(tmp_path, cfg.profile, cfg.run_id)
+    folder.mkdir(parents=True)
+    old = cfg.to_dict()
+    del old["compile"]
+    runs.atomic_write_json(folder / "config.json", old)
+    (folder / "checkpoint.pt").write_bytes(b"placeholder")
+    assert prepare_run_folder(cfg, tmp_path) == folder
+    with pytest.raises(RunError, match=r"changed: compile"):
+        prepare_run_folder(_config(compile=True), tmp_path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt is a glibc function")
+def test_keep_freed_cpu_memory_applies_on_glibc():
+    assert train.keep_freed_cpu_memory() is True
+    assert train.keep_freed_cpu_memory() is True  # a second call is a cached no-op

@@ -343,9 +343,16 @@ class DataSplits:
     std: torch.Tensor
     val_is_test: bool
 
-    def to(self, device: torch.device | str) -> "DataSplits":
-        """Move every tensor to `device` (uint8 images stay uint8)."""
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.contiguous_format
+           ) -> "DataSplits":
+        """Move every tensor to `device` (uint8 images stay uint8), images in `memory_format`."""
+        moved = {}
+        for key, value in self.__dict__.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(device)
+                if value.dtype == torch.uint8:
+                    value = value.contiguous(memory_format=memory_format)
+            moved[key] = value
         return DataSplits(**moved)
 
     def describe(self) -> dict:
@@ -414,6 +421,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
 
     Each image gets its own offset in [0, 2 * padding] per axis and a flip with
     probability 0.5, drawn from `generator` (which must live on x's device).
+    The result has shape (N, C, H, W) in channels-last memory format, the
+    layout the training loop feeds to the network.
     """
     n, c, h, w = x.shape
     device = x.device
@@ -425,14 +434,23 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
     cols = dx[:, None] + torch.arange(w, device=device)[None, :]
     # Flipping reverses the column order of the crop window.
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch_index = torch.arange(n, device=device)[:, None, None, None]
-    channel_index = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+    # Gather whole pixels (all channels at once) from an (N, H, W, C) view: one
+    # index per pixel instead of one per value, and the permuted result is
+    # channels-last without a further copy.
+    pixels = padded.permute(0, 2, 3, 1)
+    batch_index = torch.arange(n, device=device)[:, None, None]
+    return pixels[batch_index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Scale uint8 images to [0, 1] and standardise each channel; returns float32."""
-    return (x.float().div_(255.0) - mean.to(x.device)) / std.to(x.device)
+    """Scale uint8 images to [0, 1] and standardise each channel; returns float32.
+
+    Computed as one multiply-add, x * (1 / (255 std)) - mean / std, which keeps
+    the memory format of `x` (channels-last stays channels-last).
+    """
+    scale = (1.0 / (255.0 * std)).to(x.device)
+    shift = (-mean / std).to(x.device)
+    return x.float().mul_(scale).add_(shift)
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,

@@ -141,6 +141,10 @@ class Profile:
     weight_decay: float = 5e-4
     latency_repeats: int = 30        # timed passes per batch-1 latency figure
     throughput_repeats: int = 3      # timed passes per batch-256 throughput figure (after one warm-up)
+    # torch.compile for training. Off in every profile: on a 2-core CPU it was no
+    # faster than eager mode and took 20-45 s to compile (BENCHMARKS.md).
+    # NOTE: not yet measured on a GPU; WITH_COMPILE=1 benchmarks/gpu_check.sh does.
+    compile: bool = False
     miniature: bool = True
     # Node-pruning runs per pair; the canonical variant (one-shot, L1, no KD) comes first in every profile.
     prune_variants: tuple[PruneVariant, ...] = (CANONICAL_PRUNING,)
@@ -270,7 +274,7 @@ _PROFILE_FIELD_KINDS = {
     "epochs": "int", "milestones": "ints", "train_subset": "int or null", "val_size": "int",
     "test_subset": "int or null", "seeds": "ints", "batch_size": "int", "lr": "number",
     "lr_gamma": "number", "momentum": "number", "weight_decay": "number", "latency_repeats": "int",
-    "miniature": "bool", "throughput_repeats": "int",
+    "miniature": "bool", "throughput_repeats": "int", "compile": "bool",
 }
 _REQUIRED_PROFILE_FIELDS = ("name", "datasets", "depth", "pairs", "epochs")
 
@@ -436,6 +440,7 @@ def plan_runs(profile: Profile | str) -> list[RunSpec]:
         "test_subset": profile.test_subset,
         "latency_repeats": profile.latency_repeats,
         "throughput_repeats": profile.throughput_repeats,
+        "compile": profile.compile,
     }
     specs: list[RunSpec] = []
     d = profile.depth

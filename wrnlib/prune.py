@@ -475,6 +475,7 @@ def fine_tune_rounds(model: WideResNet, data, cfg, folder: str | Path, criterion
         "test_acc": last["test_acc"],
         "train_seconds": sum(row["seconds"] for row in done_rows),
         "precision": result.get("precision", precision),
+        "compile": result.get("compile", cfg.compile),
         "resumed_from_epoch": len(done_rows) if resumed_from_epoch is None else resumed_from_epoch,
         "model": current,
         "extra": {

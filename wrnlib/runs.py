@@ -279,6 +279,7 @@ class RunConfig:
     test_subset: int | None = None   # stratified subset of the test set; None = all 10,000
     eval_batch_size: int = 512
     precision: str = "auto"         # auto | bf16 | fp32
+    compile: bool = False           # run the training forward through torch.compile
     # Knowledge distillation (method kd, or method prune with use_kd)
     temperature: float = 4.0
     ce_weight: float = 0.1
@@ -341,6 +342,8 @@ class RunConfig:
                 raise ConfigError(f"run {self.run_id}: {name} must be >= 1 or None (all images), got {value}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"run {self.run_id}: dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"run {self.run_id}: compile must be true or false, got {self.compile!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"run {self.run_id}: precision must be auto, bf16 or fp32, got {self.precision!r}")
         for name in ("latency_repeats", "throughput_repeats"):

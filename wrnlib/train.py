@@ -11,21 +11,29 @@ The test split is evaluated once, after the last epoch.
 from __future__ import annotations
 
 import contextlib
-import math
+import ctypes
+import dataclasses
+import functools
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from . import runs
 from .data import DataSplits, augment_batch, dataset_info, iterate_batches, normalize, prepare_data
 from .errors import ConfigError, RunError
 from .runs import RunConfig
 
-__all__ = ["default_device", "evaluate", "execute_run", "fit", "resolve_precision", "run_scratch"]
+__all__ = [
+    "StepResults", "compile_model", "default_device", "evaluate", "execute_run", "fit", "keep_freed_cpu_memory",
+    "make_optimizer", "resolve_precision", "run_scratch", "train_steps",
+]
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
                   "val_seconds", "images_per_second")
@@ -55,6 +63,39 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp32"
 
 
+# glibc mallopt parameter numbers, from <malloc.h>.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.lru_cache(maxsize=None)
+def keep_freed_cpu_memory() -> bool:
+    """Make glibc's malloc keep freed blocks for reuse instead of returning them to the OS.
+
+    Training frees and allocates the same activation sizes every step. By
+    default glibc serves large blocks from fresh mmap pages and trims the heap,
+    so the kernel zero-fills tens of MB of new pages per step: 16 ms of system
+    time per bf16 WRN-16-2 step on one CPU thread (BENCHMARKS.md, "Where a
+    training step's time goes"). Raising the mmap and trim thresholds to 1 GiB
+    keeps those pages mapped, at the cost that the process's memory does not
+    shrink until it exits. The setting is process-wide. Returns True where it
+    was applied (Linux with glibc), else False.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    threshold = 1 << 30
+    # mallopt(3) documents 32 MiB as the mmap threshold's upper limit on 64-bit
+    # systems, although glibc 2.36 accepts 1 GiB; a glibc that rejects 1 GiB gets 32 MiB.
+    if not mallopt(_M_MMAP_THRESHOLD, threshold) and not mallopt(_M_MMAP_THRESHOLD, 32 << 20):
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, threshold))
+
+
 def autocast_context(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -74,6 +115,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Ten
     device = next(model.parameters()).device
     total_loss, correct = 0.0, 0
     for xb, yb in iterate_batches(x, y, batch_size):
+        # A no-op for splits moved with `DataSplits.to(..., torch.channels_last)`.
         xb = normalize(xb.to(device), mean, std).contiguous(memory_format=torch.channels_last)
         yb = yb.to(device)
         with autocast_context(precision, device):
@@ -83,6 +125,100 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Ten
     model.train(was_training)
     n = max(1, y.numel())
     return total_loss / n, 100.0 * correct / n
+
+
+# --------------------------------------------------------------------------
+# Training steps
+# --------------------------------------------------------------------------
+
+@dataclass
+class StepResults:
+    """Per-step losses, batch sizes and correct predictions of `train_steps`, kept on the training device."""
+
+    losses: list[torch.Tensor]      # one detached scalar loss per step, in step order
+    batch_sizes: list[int]
+    correct: torch.Tensor           # int64 count of correct training predictions
+
+    @property
+    def images(self) -> int:
+        return sum(self.batch_sizes)
+
+    def loss_sum(self) -> float:
+        """Return the sum over steps of loss x batch size (one device synchronisation)."""
+        if not self.losses:
+            return 0.0
+        sizes = torch.tensor(self.batch_sizes, dtype=torch.float64, device=self.losses[0].device)
+        return float((torch.stack(self.losses).double() * sizes).sum())
+
+    def first_non_finite(self) -> tuple[int, float] | None:
+        """Return (0-based step, loss) of the first NaN or infinite loss, or None."""
+        if not self.losses:
+            return None
+        losses = torch.stack(self.losses).float()
+        bad = torch.nonzero(~torch.isfinite(losses)).flatten()
+        if bad.numel() == 0:
+            return None
+        step = int(bad[0])
+        return step, float(losses[step])
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.SGD:
+    """Build the run's SGD (Nesterov momentum, weight decay) with the fused kernel where one exists.
+
+    PyTorch ships a fused SGD for CPU and CUDA parameters; on other devices
+    the default per-parameter implementation is used.
+    """
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def compile_model(model: nn.Module, enabled: bool) -> Callable:
+    """Return `torch.compile(model)` when `enabled`, else `model` itself.
+
+    The compiled module shares the parameters of `model`, so checkpoints and
+    the saved model keep using `model`.
+    """
+    if not enabled:
+        return model
+    return torch.compile(model)
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, mean: torch.Tensor,
+                std: torch.Tensor, generator: torch.Generator, precision: str,
+                criterion: Callable | None = None, forward: Callable | None = None) -> StepResults:
+    """Run one SGD step per (uint8 images, labels) batch: augment, normalise, forward, backward, update.
+
+    `forward` is the callable that runs the model (a `torch.compile` wrapper of
+    `model`, or `model` itself when None). Nothing here reads a value back from
+    the device, so on a GPU the host queues steps ahead without waiting. The
+    caller checks `StepResults.first_non_finite` afterwards.
+    """
+    criterion = criterion or cross_entropy_criterion
+    forward = model if forward is None else forward
+    device = next(model.parameters()).device
+    model.train()
+    results = StepResults([], [], torch.zeros((), dtype=torch.int64, device=device))
+    # The record_function labels name the phases for torch.profiler
+    # (benchmarks/step_profile.py); they cost about a microsecond when no
+    # profiler runs.
+    for xb, yb in batches:
+        with record_function("augment and normalise"):
+            inputs = normalize(augment_batch(xb, generator), mean, std)
+            # A no-op for the channels-last batches augment_batch returns.
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with record_function("forward and loss"), autocast_context(precision, device):
+            logits = forward(inputs)
+            loss = criterion(logits, inputs, yb)
+        with record_function("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("optimizer step"):
+            optimizer.step()
+        results.losses.append(loss.detach())
+        results.batch_sizes.append(yb.numel())
+        results.correct += (logits.argmax(1) == yb).sum()
+    return results
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
@@ -127,6 +263,24 @@ def _load_checkpoint(path: Path, model: nn.Module, run_id: str) -> dict | None:
     return checkpoint
 
 
+def _train_epoch(model, optimizer, batches, splits, generator, precision, criterion, forward,
+                 cfg: RunConfig) -> StepResults:
+    if not cfg.compile:
+        return train_steps(model, optimizer, batches, splits.mean, splits.std, generator, precision,
+                           criterion=criterion, forward=forward)
+    from torch._dynamo.exc import TorchDynamoException
+
+    try:
+        return train_steps(model, optimizer, batches, splits.mean, splits.std, generator, precision,
+                           criterion=criterion, forward=forward)
+    except TorchDynamoException as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunError(
+            f"run {cfg.run_id}: torch.compile failed ({type(exc).__name__}: {first_line}). "
+            "Set compile to false for this run, or install the C++ compiler TorchInductor needs."
+        ) from None
+
+
 def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         criterion: Callable | None = None, device: torch.device | None = None,
         progress: bool = False, on_epoch: Callable[[list[dict]], None] | None = None) -> dict:
@@ -134,8 +288,9 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
 
     `criterion(logits, inputs, targets)` defaults to cross-entropy. `on_epoch`
     receives the history rows after each epoch's checkpoint is written. Returns
-    the history rows, test loss and accuracy, summed training seconds and the
-    precision used. Raises RunError on a non-finite loss.
+    the history rows, test loss and accuracy, summed training seconds, the
+    precision used and whether torch.compile ran the forward pass. Raises
+    RunError on a non-finite loss or a failed torch.compile.
     """
     from tqdm import tqdm
 
@@ -145,11 +300,13 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
     criterion = criterion or cross_entropy_criterion
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        keep_freed_cpu_memory()
 
     model.to(device, memory_format=torch.channels_last)
-    splits = data.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    forward = compile_model(model, cfg.compile)
+    splits = data.to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones),
                                                      gamma=cfg.lr_gamma)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -170,30 +327,24 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
     n_train = splits.train_y.numel()
     bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=cfg.run_id, unit="epoch", disable=not progress)
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        loss_sum, correct = 0.0, torch.zeros((), dtype=torch.int64, device=device)
         batches = iterate_batches(splits.train_x, splits.train_y, cfg.batch_size, shuffle=True,
                                   generator=generator)
-        for step, (xb, yb) in enumerate(batches):
-            inputs = normalize(augment_batch(xb, generator), splits.mean, splits.std)
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with autocast_context(precision, device):
-                logits = model(inputs)
-                loss = criterion(logits, inputs, yb)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise RunError(
-                    f"run {cfg.run_id}: the training loss became {loss_value} at epoch {epoch + 1}, "
-                    f"step {step + 1}, learning rate {lr:g}. Lower the learning rate or check the data; "
-                    "the last finished epoch is kept in the checkpoint."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss_value * yb.numel()
-            correct += (logits.argmax(1) == yb).sum()
+        steps = _train_epoch(model, optimizer, batches, splits, generator, precision, criterion, forward, cfg)
+        # The losses are checked once per epoch, not after every step, so a GPU
+        # does not wait for the host mid-epoch. A diverged epoch still raises
+        # before it is checkpointed.
+        non_finite = steps.first_non_finite()
+        if non_finite is not None:
+            step, value = non_finite
+            raise RunError(
+                f"run {cfg.run_id}: the training loss became {value} at epoch {epoch + 1}, "
+                f"step {step + 1}, learning rate {lr:g}. Lower the learning rate or check the data; "
+                "the last finished epoch is kept in the checkpoint."
+            )
+        loss_sum = steps.loss_sum()
+        correct = int(steps.correct)
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -206,7 +357,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": loss_sum / n_train,
-            "train_acc": 100.0 * correct.item() / n_train,
+            "train_acc": 100.0 * correct / n_train,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "seconds": seconds,
@@ -240,6 +391,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         "test_acc": test_acc,
         "train_seconds": sum(r["seconds"] for r in history),
         "precision": precision,
+        "compile": bool(cfg.compile),
         "resumed_from_epoch": start_epoch,
     }
 
@@ -252,8 +404,11 @@ def _check_same_config(cfg: RunConfig, folder: Path) -> None:
     config_path = folder / "config.json"
     if not config_path.is_file():
         return
-    previous = runs.read_json(config_path)
     current = cfg.to_dict()
+    # A setting added to RunConfig after the run was made (compile, for one) is
+    # compared at its default value, so older run folders stay valid.
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+    previous = {**{k: v for k, v in defaults.items() if k in current}, **runs.read_json(config_path)}
     if previous != current:
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         raise RunError(
@@ -377,6 +532,7 @@ def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataS
         "final_val_acc": result["history"][-1]["val_acc"],
         "train_seconds": result["train_seconds"],
         "precision": result["precision"],
+        "compile": result["compile"],
         **measured,
         **extra,
         **runs.environment_info(device),
