@@ -64,7 +64,8 @@ class KDCriterion:
 
 
 def run_distillation(config: dict, runs_dir: str | Path | None = None, data_root: str | Path | None = None,
-                     threads: int | None = None, progress: bool = False) -> dict:
+                     threads: int | None = None, progress: bool = False,
+                     gpus: list[int] | None = None) -> dict:
     """Train a fresh student WRN-depth-width with KD from the run store's teacher; return metrics."""
     from .models import WideResNet
     from .train import execute_run
@@ -77,4 +78,4 @@ def run_distillation(config: dict, runs_dir: str | Path | None = None, data_root
                                            "kd_weight": cfg.kd_weight}}
 
     return execute_run(config, build, runs_dir=runs_dir, data_root=data_root, threads=threads,
-                       progress=progress)
+                       progress=progress, gpus=gpus)

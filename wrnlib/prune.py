@@ -457,9 +457,10 @@ def fine_tune_rounds(model: WideResNet, data, cfg, folder: str | Path, criterion
         # Weights before the record: a round counts as finished only once its model is on disk.
         runs.save_model(pruned, here / "model.pt")
         runs.atomic_write_json(record_path, record)
-        (here / "checkpoint.pt").unlink(missing_ok=True)
-        if r > 1:
-            (round_folder(folder, r - 1) / "model.pt").unlink(missing_ok=True)
+        if runs.is_writer():
+            (here / "checkpoint.pt").unlink(missing_ok=True)
+            if r > 1:
+                (round_folder(folder, r - 1) / "model.pt").unlink(missing_ok=True)
         records.append(record)
         current = pruned
         bar.update()
@@ -486,7 +487,8 @@ def fine_tune_rounds(model: WideResNet, data, cfg, folder: str | Path, criterion
 
 
 def run_pruning(config: dict, runs_dir: str | Path | None = None, data_root: str | Path | None = None,
-                threads: int | None = None, progress: bool = False) -> dict:
+                threads: int | None = None, progress: bool = False,
+                gpus: list[int] | None = None) -> dict:
     """Prune the run store's teacher with the run's schedule, fine-tune it and return the metrics.
 
     The schedule is `fine_tune_rounds` with one round (one-shot) or several
@@ -542,7 +544,9 @@ def run_pruning(config: dict, runs_dir: str | Path | None = None, data_root: str
         return teacher, fine_tune_criterion(cfg, teacher), info
 
     metrics = execute_run(config, build, runs_dir=runs_dir, data_root=data_root, threads=threads,
-                          progress=progress, train=fine_tune_rounds)
+                          progress=progress, train=fine_tune_rounds, gpus=gpus)
+    if not runs.is_writer():
+        return metrics
     # metrics.json is written, so the per-round weights (the last one equals model.pt) can go.
     folder = runs.run_dir(runs.runs_root(runs_dir), metrics["profile"], metrics["run_id"])
     for leftover in folder.glob(f"{ROUNDS_FOLDER}/*/model.pt"):

@@ -181,7 +181,21 @@ def _unlink_quietly(path: str | Path) -> None:
         pass
 
 
+def is_writer() -> bool:
+    """Return True unless this process is a rank other than 0 of distributed training.
+
+    In a data-parallel run every rank holds the same state, and rank 0 alone
+    writes it: the atomic writes, locks and clean-ups below do nothing on the
+    other ranks.
+    """
+    from .distributed import is_writer as rank_zero
+
+    return rank_zero()
+
+
 def _atomic_write(path: str | Path, write) -> None:
+    if not is_writer():
+        return
     path = Path(path)
     make_dirs(path.parent)
     try:
@@ -209,6 +223,8 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     file looks the same.
     """
     removed = []
+    if not is_writer():
+        return removed
     for tmp in Path(folder).glob(".*.tmp"):
         _unlink_quietly(tmp)
         removed.append(tmp)
@@ -280,6 +296,10 @@ class RunConfig:
     eval_batch_size: int = 512
     precision: str = "auto"         # auto | bf16 | fp32
     compile: bool = False           # run the training forward through torch.compile
+    # Data-parallel training: processes (one per GPU) that share each global batch of batch_size.
+    devices: int = 1
+    sync_bn: bool = False           # with devices > 1 on CUDA: BatchNorm statistics over the global batch
+    freeze_bn: bool = False         # BatchNorm keeps and uses its running statistics while training
     # Knowledge distillation (method kd, or method prune with use_kd)
     temperature: float = 4.0
     ce_weight: float = 0.1
@@ -344,6 +364,15 @@ class RunConfig:
             raise ConfigError(f"run {self.run_id}: dropout must be in [0, 1), got {self.dropout}")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"run {self.run_id}: compile must be true or false, got {self.compile!r}")
+        if isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1:
+            raise ConfigError(f"run {self.run_id}: devices must be an integer >= 1 (processes of data-parallel "
+                              f"training), got {self.devices!r}")
+        if self.batch_size < self.devices:
+            raise ConfigError(f"run {self.run_id}: batch_size {self.batch_size} is split over {self.devices} "
+                              "devices and must be at least the number of devices")
+        for name in ("sync_bn", "freeze_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"run {self.run_id}: {name} must be true or false, got {getattr(self, name)!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"run {self.run_id}: precision must be auto, bf16 or fp32, got {self.precision!r}")
         for name in ("latency_repeats", "throughput_repeats"):
@@ -496,6 +525,9 @@ class RunLock:
         make_dirs(self.path.parent)
         if fcntl is None:
             # NOTE: without fcntl (Windows) runs are not locked; two processes may train the same run.
+            return self
+        if not is_writer():
+            # Rank 0 of a data-parallel run holds the lock for all its ranks.
             return self
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from . import runs
+from . import distributed, runs
 from .data import DataSplits, augment_batch, dataset_info, iterate_batches, normalize, prepare_data
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, WrnlibError
 from .runs import RunConfig
 
 __all__ = [
@@ -39,9 +39,20 @@ HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
                   "val_seconds", "images_per_second")
 
 
-def default_device() -> torch.device:
-    """Return the first CUDA device when one is present, else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+def default_device(gpus: list[int] | None = None) -> torch.device:
+    """Return the device this process trains on.
+
+    A rank of data-parallel training on CUDA uses cuda:LOCAL_RANK; otherwise the
+    first of `gpus` (assigned by the grid), else the first CUDA device, else the CPU.
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    rank = distributed.current()
+    if rank is not None:
+        return torch.device("cuda", rank.local_rank)
+    if gpus:
+        return torch.device("cuda", int(gpus[0]))
+    return torch.device("cuda")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -186,33 +197,50 @@ def compile_model(model: nn.Module, enabled: bool) -> Callable:
 
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, mean: torch.Tensor,
                 std: torch.Tensor, generator: torch.Generator, precision: str,
-                criterion: Callable | None = None, forward: Callable | None = None) -> StepResults:
+                criterion: Callable | None = None, forward: Callable | None = None,
+                rank: "distributed.RankInfo | None" = None, freeze_bn: bool = False) -> StepResults:
     """Run one SGD step per (uint8 images, labels) batch: augment, normalise, forward, backward, update.
 
-    `forward` is the callable that runs the model (a `torch.compile` wrapper of
-    `model`, or `model` itself when None). Nothing here reads a value back from
-    the device, so on a GPU the host queues steps ahead without waiting. The
-    caller checks `StepResults.first_non_finite` afterwards.
+    `forward` is the callable that runs the model (a `torch.compile` or DDP
+    wrapper of `model`, or `model` itself when None). With `rank`, each batch is
+    the global batch: this process trains on its shard, and its loss is scaled
+    by the shard's share so that DDP's gradient average equals the whole
+    batch's gradient. `freeze_bn` keeps BatchNorm in eval mode (running
+    statistics used, not updated). Nothing here reads a value back from the
+    device, so on a GPU the host queues steps ahead without waiting. The
+    caller checks `StepResults.first_non_finite` afterwards; the results count
+    this process's shard only.
     """
     criterion = criterion or cross_entropy_criterion
     forward = model if forward is None else forward
     device = next(model.parameters()).device
     model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     results = StepResults([], [], torch.zeros((), dtype=torch.int64, device=device))
     # The record_function labels name the phases for torch.profiler
     # (benchmarks/step_profile.py); they cost about a microsecond when no
     # profiler runs.
     for xb, yb in batches:
         with record_function("augment and normalise"):
+            # Every rank augments the whole global batch with the same generator
+            # state, so the ranks stay in step and their shards never overlap.
             inputs = normalize(augment_batch(xb, generator), mean, std)
             # A no-op for the channels-last batches augment_batch returns.
             inputs = inputs.contiguous(memory_format=torch.channels_last)
+        share = 1.0
+        if rank is not None:
+            start, stop = distributed.shard_bounds(yb.numel(), rank.rank, rank.world_size)
+            share = (stop - start) * rank.world_size / yb.numel()
+            inputs, yb = inputs[start:stop], yb[start:stop]
         with record_function("forward and loss"), autocast_context(precision, device):
             logits = forward(inputs)
             loss = criterion(logits, inputs, yb)
         with record_function("backward"):
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share if share != 1.0 else loss).backward()
         with record_function("optimizer step"):
             optimizer.step()
         results.losses.append(loss.detach())
@@ -264,21 +292,39 @@ def _load_checkpoint(path: Path, model: nn.Module, run_id: str) -> dict | None:
 
 
 def _train_epoch(model, optimizer, batches, splits, generator, precision, criterion, forward,
-                 cfg: RunConfig) -> StepResults:
+                 cfg: RunConfig, rank: "distributed.RankInfo | None" = None) -> StepResults:
+    options = dict(criterion=criterion, forward=forward, rank=rank, freeze_bn=cfg.freeze_bn)
     if not cfg.compile:
-        return train_steps(model, optimizer, batches, splits.mean, splits.std, generator, precision,
-                           criterion=criterion, forward=forward)
+        return train_steps(model, optimizer, batches, splits.mean, splits.std, generator, precision, **options)
     from torch._dynamo.exc import TorchDynamoException
 
     try:
-        return train_steps(model, optimizer, batches, splits.mean, splits.std, generator, precision,
-                           criterion=criterion, forward=forward)
+        return train_steps(model, optimizer, batches, splits.mean, splits.std, generator, precision, **options)
     except TorchDynamoException as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RunError(
             f"run {cfg.run_id}: torch.compile failed ({type(exc).__name__}: {first_line}). "
             "Set compile to false for this run, or install the C++ compiler TorchInductor needs."
         ) from None
+
+
+def _data_parallel(model: nn.Module, cfg: RunConfig, device: torch.device,
+                   rank: "distributed.RankInfo | None") -> nn.Module:
+    """Wrap `model` in DistributedDataParallel when this process is a rank of several; else return it."""
+    if rank is None:
+        if cfg.sync_bn and cfg.devices > 1:
+            raise ConfigError(f"run {cfg.run_id}: sync_bn needs the run to be launched on {cfg.devices} devices "
+                              "by torchrun (wrnlib does that when devices > 1)")
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if cfg.sync_bn:
+        if device.type != "cuda":
+            raise ConfigError(f"run {cfg.run_id}: sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no "
+                              "CPU kernel); set sync_bn to false or freeze_bn to true on the CPU")
+        # Converts the BatchNorm layers in place: `model` keeps the same parameters and state-dict keys.
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
@@ -304,7 +350,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         keep_freed_cpu_memory()
 
     model.to(device, memory_format=torch.channels_last)
-    forward = compile_model(model, cfg.compile)
+    rank = distributed.current()
+    forward = compile_model(_data_parallel(model, cfg, device, rank), cfg.compile)
     splits = data.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones),
@@ -325,17 +372,27 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         start_epoch = int(checkpoint["epoch"])
 
     n_train = splits.train_y.numel()
+    # With several ranks a last batch smaller than the number of ranks would
+    # leave a rank without images, so it is dropped (fewer than `devices` images per epoch).
+    drop_last = rank is not None and 0 < n_train % cfg.batch_size < rank.world_size
+    n_trained = n_train - n_train % cfg.batch_size if drop_last else n_train
     bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=cfg.run_id, unit="epoch", disable=not progress)
     for epoch in range(start_epoch, cfg.epochs):
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         batches = iterate_batches(splits.train_x, splits.train_y, cfg.batch_size, shuffle=True,
-                                  generator=generator)
-        steps = _train_epoch(model, optimizer, batches, splits, generator, precision, criterion, forward, cfg)
+                                  generator=generator, drop_last=drop_last)
+        steps = _train_epoch(model, optimizer, batches, splits, generator, precision, criterion, forward, cfg,
+                             rank)
         # The losses are checked once per epoch, not after every step, so a GPU
         # does not wait for the host mid-epoch. A diverged epoch still raises
         # before it is checkpointed.
         non_finite = steps.first_non_finite()
+        if rank is not None:
+            # Every rank must raise, or the others would wait forever in the next all-reduce.
+            bad_step = distributed.all_reduce_min(non_finite[0] if non_finite else 2**62, device)
+            if non_finite is None and bad_step < 2**62:
+                non_finite = (bad_step, float("nan"))
         if non_finite is not None:
             step, value = non_finite
             raise RunError(
@@ -343,8 +400,7 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
                 f"step {step + 1}, learning rate {lr:g}. Lower the learning rate or check the data; "
                 "the last finished epoch is kept in the checkpoint."
             )
-        loss_sum = steps.loss_sum()
-        correct = int(steps.correct)
+        loss_sum, correct = distributed.all_reduce_sum([steps.loss_sum(), float(steps.correct)], device)
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -356,13 +412,13 @@ def fit(model: nn.Module, data: DataSplits, cfg: RunConfig, folder: str | Path,
         row = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train_loss": loss_sum / n_train,
-            "train_acc": 100.0 * correct / n_train,
+            "train_loss": loss_sum / n_trained,
+            "train_acc": 100.0 * correct / n_trained,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "seconds": seconds,
             "val_seconds": time.perf_counter() - val_started,
-            "images_per_second": n_train / seconds,
+            "images_per_second": n_trained / seconds,
         }
         history.append(row)
         # Checkpoint first: history.csv is rewritten from the checkpoint's rows,
@@ -454,7 +510,8 @@ BuildFn = Callable[[RunConfig, DataSplits, "nn.Module | None"], tuple[nn.Module,
 
 def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path | None = None,
                 data_root: str | Path | None = None, threads: int | None = None,
-                progress: bool = False, download: bool = True, train: Callable = fit) -> dict:
+                progress: bool = False, download: bool = True, train: Callable = fit,
+                gpus: list[int] | None = None) -> dict:
     """Run one configured run end to end and return its metrics.
 
     `build(cfg, data, teacher)` returns (model to train, criterion or None,
@@ -467,6 +524,11 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
     metrics.json last. A `train` function takes fit's arguments and
     returns fit's result. Its result may add "model", the trained model when it
     is not the one `build` returned, and "extra", more metrics.
+
+    `gpus` lists the CUDA devices the grid assigned to this run. A run with
+    `devices` > 1 is handed to torchrun (`distributed.launch`), whose processes
+    call this function again as ranks; only rank 0 writes and measures, and the
+    other ranks return {"run_id", "profile", "rank"}.
     """
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config))
     cfg.validate()
@@ -479,7 +541,9 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
         # A finished run is never trained again; its notebook may still be re-executed.
         _check_same_config(cfg, folder)
         return finished
-    device = default_device()
+    if cfg.devices > 1 and distributed.current() is None:
+        return _launch_data_parallel(cfg, root, data_root, threads, gpus)
+    device = default_device(gpus)
     teacher = load_teacher(cfg, root, device) if cfg.teacher_run_id else None
     data = prepare_data(cfg.dataset, data_root, val_size=cfg.val_size, train_subset=cfg.train_subset,
                         test_subset=cfg.test_subset, seed=cfg.seed, download=download)
@@ -495,6 +559,20 @@ def execute_run(config: dict | RunConfig, build: BuildFn, runs_dir: str | Path |
         return _train_and_measure(cfg, build, folder, data, teacher, device, progress, train)
 
 
+def _launch_data_parallel(cfg: RunConfig, root: Path, data_root: str | Path | None, threads: int | None,
+                          gpus: list[int] | None) -> dict:
+    """Write config.json, train the run with torchrun on `cfg.devices` processes and return its metrics."""
+    if cfg.teacher_run_id:
+        load_teacher(cfg, root, torch.device("cpu"))  # fail here, before any process starts
+    folder = prepare_run_folder(cfg, root)
+    distributed.launch(folder / "config.json", cfg.devices, root.resolve(), data_root, threads, gpus)
+    metrics = runs.read_metrics(folder)
+    if metrics is None:
+        raise RunError(f"distributed training of run {cfg.run_id} ended without a complete metrics.json in "
+                       f"{folder}; rerun it to resume from its checkpoint")
+    return metrics
+
+
 def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataSplits,
                        teacher: nn.Module | None, device: torch.device, progress: bool,
                        train: Callable = fit) -> dict:
@@ -503,6 +581,9 @@ def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataS
 
     model, criterion, extra = build(cfg, data, teacher)
     result = train(model, data, cfg, folder, criterion=criterion, device=device, progress=progress)
+    rank = distributed.current()
+    if rank is not None and rank.rank != 0:
+        return {"run_id": cfg.run_id, "profile": cfg.profile, "rank": rank.rank}
     model = result.get("model", model)
     extra = {**extra, **result.get("extra", {})}
 
@@ -533,6 +614,7 @@ def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataS
         "train_seconds": result["train_seconds"],
         "precision": result["precision"],
         "compile": result["compile"],
+        "devices": cfg.devices,
         **measured,
         **extra,
         **runs.environment_info(device),
@@ -543,7 +625,7 @@ def _train_and_measure(cfg: RunConfig, build: BuildFn, folder: Path, data: DataS
 
 
 def run_scratch(config: dict, runs_dir: str | Path | None = None, data_root: str | Path | None = None,
-                threads: int | None = None, progress: bool = False) -> dict:
+                threads: int | None = None, progress: bool = False, gpus: list[int] | None = None) -> dict:
     """Train WRN-depth-width from random initialisation; return its metrics."""
     from .models import WideResNet
 
@@ -552,4 +634,67 @@ def run_scratch(config: dict, runs_dir: str | Path | None = None, data_root: str
         return WideResNet(cfg.depth, cfg.width, data.num_classes, cfg.dropout), None, {}
 
     return execute_run(config, build, runs_dir=runs_dir, data_root=data_root, threads=threads,
-                       progress=progress)
+                       progress=progress, gpus=gpus)
+
+
+RUN_FUNCTIONS = {"scratch": "wrnlib.train:run_scratch", "kd": "wrnlib.distill:run_distillation",
+                 "prune": "wrnlib.prune:run_pruning"}
+
+
+def run_function(method: str) -> Callable:
+    """Return the function that executes a run of `method` (scratch, kd or prune)."""
+    import importlib
+
+    if method not in RUN_FUNCTIONS:
+        raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(RUN_FUNCTIONS)}")
+    module, name = RUN_FUNCTIONS[method].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train one run from its config.json; under torchrun, as one rank of data-parallel training.
+
+    Usage: torchrun --nproc_per_node=N -m wrnlib.train --config runs/P/RUN/config.json
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m wrnlib.train", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a run's config.json")
+    parser.add_argument("--runs-dir", default=None,
+                        help="run store root (default: three folders above the config, runs/P/RUN/config.json)")
+    parser.add_argument("--data-root", default=None, help="CIFAR data root, as for `wrnlib run`")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    args = parser.parse_args(argv)
+    try:
+        config_path = Path(args.config)
+        if not config_path.is_file():
+            raise ConfigError(f"config file {config_path} not found; pass a run's config.json "
+                              "(runs/<profile>/<run_id>/config.json)")
+        try:
+            settings = runs.read_json(config_path)
+        except ValueError as exc:
+            raise ConfigError(f"config file {config_path} is not valid JSON: {exc}") from None
+        cfg = RunConfig.from_dict(settings)
+        root = Path(args.runs_dir) if args.runs_dir else config_path.resolve().parents[2]
+        rank = distributed.init_from_env()
+        try:
+            metrics = run_function(cfg.method)(cfg.to_dict(), runs_dir=root, data_root=args.data_root)
+        finally:
+            distributed.shutdown()
+    except WrnlibError as exc:
+        if args.debug:
+            raise
+        print(f"wrnlib.train: error: {exc}", file=sys.stderr)
+        return 1
+    if rank is None or rank.rank == 0:
+        print(f"run {cfg.run_id} done: test accuracy {metrics['test_acc']:.2f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from wrnlib.train import main as _main  # the importable module, not this __main__ copy
+
+    sys.exit(_main())
