@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,15 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
     return model
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory, data_root):
+    """Reproduce the smoke profile once per session (runs, then the book) with the real command."""
+    base = tmp_path_factory.mktemp("smoke")
+    runs_dir, output = base / "runs", base / "out"
+    command = [sys.executable, "-m", "wrnlib.cli", "reproduce", "--profile", "smoke", "--data-root",
+               str(data_root), "--runs-dir", str(runs_dir), "--output", str(output)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"runs": runs_dir, "html": output / "_build" / "html", "command": command, "stdout": proc.stdout}

@@ -16,17 +16,6 @@ from wrnlib.train import resolve_precision
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, data_root):
-    base = tmp_path_factory.mktemp("smoke")
-    runs_dir, output = base / "runs", base / "out"
-    command = [sys.executable, "-m", "wrnlib.cli", "reproduce", "--profile", "smoke", "--data-root",
-               str(data_root), "--runs-dir", str(runs_dir), "--output", str(output)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"runs": runs_dir, "html": output / "_build" / "html", "command": command, "stdout": proc.stdout}
-
-
 def _page_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 

@@ -37,7 +37,14 @@ def _add_common(parser: argparse.ArgumentParser, data: bool = True) -> None:
 
 def _add_jobs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs executed side by side; each gets cpu_count/jobs threads (default: 1)")
+                        help="runs executed side by side; each gets cpu_count/jobs threads and, on a machine "
+                             "with GPUs, GPUs of its own (default: 1)")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="execute the runs as Ray tasks: alone, on a Ray instance started on this machine; "
+                             "with ADDRESS (e.g. auto or HOST:6379), on that cluster. Needs wrnlib[cluster] and "
+                             "a run store every node sees at the same path")
+    parser.add_argument("--cpus-per-run", type=int, default=1,
+                        help="with --ray: CPUs each run asks Ray for, and its torch threads (default: 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +118,21 @@ def _check_book_output(args) -> None:
 def cmd_grid(args) -> None:
     from .grid import execute_grid
 
-    summary = execute_grid(args.profile, _runs_root(args), _data_root(args), jobs=args.jobs)
-    print(f"profile {summary['profile']}: {summary['executed']} run(s) executed, {summary['skipped']} "
+    if args.ray:
+        from .cluster import execute_grid_ray
+
+        if args.jobs != 1:
+            raise WrnlibError("--jobs does not apply with --ray: Ray runs as many runs at once as the cluster's "
+                              "CPUs and GPUs allow; use --cpus-per-run to size each run")
+        address = None if args.ray == "local" else args.ray
+        summary = execute_grid_ray(args.profile, _runs_root(args), _data_root(args), address=address,
+                                   cpus_per_run=args.cpus_per_run)
+        hosts = sorted({p["host"] for p in summary["placed"].values()})
+        where = f" on {', '.join(hosts)}" if hosts else ""
+    else:
+        summary = execute_grid(args.profile, _runs_root(args), _data_root(args), jobs=args.jobs)
+        where = ""
+    print(f"profile {summary['profile']}: {summary['executed']} run(s) executed{where}, {summary['skipped']} "
           f"already done, {summary['seconds']:.0f} s")
 
 
@@ -166,7 +186,7 @@ def cmd_status(args) -> None:
     width = max(len(s.run_id) for s in specs)
     print(f"profile {profile.name}: {profile.description}")
     print(f"run store: {root / profile.name}")
-    print(f"{'run':<{width}}  {'state':<8}  {'test acc':>8}  {'time (s)':>9}")
+    print(f"{'run':<{width}}  {'state':<8}  {'test acc':>8}  {'time (s)':>9}  where (host, device)")
     counts = {"done": 0, "partial": 0, "missing": 0}
     for spec in specs:
         state = spec_state(root, spec)
@@ -177,7 +197,10 @@ def cmd_status(args) -> None:
         if state == "partial":
             epochs = len(runs.read_history(runs.run_dir(root, profile.name, spec.run_id)))
             seconds = f"{epochs}/{spec.config['epochs']} ep"
-        print(f"{spec.run_id:<{width}}  {state:<8}  {acc:>8}  {seconds:>9}")
+        where = f"{metrics['host']}, {metrics['device']}" if "host" in metrics else "-"
+        if metrics.get("devices", 1) > 1:
+            where += f" x{metrics['devices']}"
+        print(f"{spec.run_id:<{width}}  {state:<8}  {acc:>8}  {seconds:>9}  {where}")
     print(f"{counts['done']} done, {counts['partial']} partial, {counts['missing']} missing")
 
 

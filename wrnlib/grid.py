@@ -145,6 +145,9 @@ class Profile:
     # faster than eager mode and took 20-45 s to compile (BENCHMARKS.md).
     # NOTE: not yet measured on a GPU; WITH_COMPILE=1 benchmarks/gpu_check.sh does.
     compile: bool = False
+    # CUDA devices per run: above 1 the run trains data-parallel under torchrun
+    # with the same global batch and learning rate (see wrnlib.distributed).
+    devices: int = 1
     miniature: bool = True
     # Node-pruning runs per pair; the canonical variant (one-shot, L1, no KD) comes first in every profile.
     prune_variants: tuple[PruneVariant, ...] = (CANONICAL_PRUNING,)
@@ -275,6 +278,7 @@ _PROFILE_FIELD_KINDS = {
     "test_subset": "int or null", "seeds": "ints", "batch_size": "int", "lr": "number",
     "lr_gamma": "number", "momentum": "number", "weight_decay": "number", "latency_repeats": "int",
     "miniature": "bool", "throughput_repeats": "int", "compile": "bool",
+    "devices": "int",
 }
 _REQUIRED_PROFILE_FIELDS = ("name", "datasets", "depth", "pairs", "epochs")
 
@@ -441,6 +445,7 @@ def plan_runs(profile: Profile | str) -> list[RunSpec]:
         "latency_repeats": profile.latency_repeats,
         "throughput_repeats": profile.throughput_repeats,
         "compile": profile.compile,
+        "devices": profile.devices,
     }
     specs: list[RunSpec] = []
     d = profile.depth
@@ -547,7 +552,7 @@ WRNLIB_ERROR_NAMES = ("WrnlibError", "DataError", "ConfigError", "RunError", "St
 
 def execute_run_notebook(spec: RunSpec, runs_dir: str | Path | None = None, data_root: str | Path | None = None,
                          threads: int | None = None, project: Path | None = None,
-                         stop: threading.Event | None = None) -> Path:
+                         stop: threading.Event | None = None, gpus: list[int] | None = None) -> Path:
     """Execute one run's template notebook with papermill; return the executed notebook's path.
 
     The caller holds the run's run.lock meanwhile: while another process holds
@@ -556,7 +561,8 @@ def execute_run_notebook(spec: RunSpec, runs_dir: str | Path | None = None, data
     KeyboardInterrupt. The notebook is written under a temporary name and
     renamed when it has run to the end, so a run folder contains an executed
     notebook only for a run that finished. Raises RunError naming the run, the
-    notebook and the error.
+    notebook and the error. `gpus` lists the CUDA devices the run may use
+    (None: the first one, or the CPU).
     """
     project = project or runs.project_root()
     root = runs.runs_root(runs_dir).resolve()
@@ -567,12 +573,12 @@ def execute_run_notebook(spec: RunSpec, runs_dir: str | Path | None = None, data
         if spec_state(root, spec) == "done":
             log.info("run %s was finished by another process meanwhile; skipped", spec.run_id)
             return final
-        _execute_locked(spec, root, template, final, data_root, threads)
+        _execute_locked(spec, root, template, final, data_root, threads, gpus)
     return final
 
 
 def _execute_locked(spec: RunSpec, root: Path, template: Path, final: Path, data_root: str | Path | None,
-                    threads: int | None) -> None:
+                    threads: int | None, gpus: list[int] | None = None) -> None:
     import papermill
 
     partial = final.with_name(f"{spec.run_id}.partial.ipynb")
@@ -582,6 +588,7 @@ def _execute_locked(spec: RunSpec, root: Path, template: Path, final: Path, data
         "runs_dir": str(root),
         "data_root": str(Path(data_root).resolve()) if data_root else None,
         "threads": int(threads or 0),
+        "gpus": list(gpus) if gpus else None,
         "config": spec.config,
     }
     try:
@@ -741,6 +748,13 @@ def execute_grid(profile: Profile | str, runs_dir: str | Path | None = None, dat
     todo = [s for s in specs if spec_state(root, s) != "done"]
     skipped = len(specs) - len(todo)
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    # Each running run gets its own CUDA devices (`devices` of them, 1 by default) from this pool.
+    free_gpus = list(range(_cuda_device_count()))
+    for spec in todo:
+        if free_gpus and spec.config.get("devices", 1) > len(free_gpus):
+            raise ConfigError(f"run {spec.run_id} needs {spec.config['devices']} GPUs but this machine has "
+                              f"{len(free_gpus)}; lower devices in the profile")
+    assigned: dict[str, list[int]] = {}
 
     finished: set[str] = {s.run_id for s in specs if s.run_id not in {t.run_id for t in todo}}
     pending = list(todo)
@@ -761,12 +775,14 @@ def execute_grid(profile: Profile | str, runs_dir: str | Path | None = None, dat
                         for spec in list(pending):
                             if len(running) >= jobs:
                                 break
-                            if all(dep in finished for dep in spec.depends_on):
+                            need = spec.config.get("devices", 1) if _cuda_device_count() else 0
+                            if all(dep in finished for dep in spec.depends_on) and need <= len(free_gpus):
                                 pending.remove(spec)
                                 positions[spec.run_id] = free_positions.pop(0)
+                                assigned[spec.run_id] = [free_gpus.pop(0) for _ in range(need)]
                                 epoch_bars.add(spec, positions[spec.run_id])
                                 future = pool.submit(execute_run_notebook, spec, root, data_root, threads,
-                                                     project, stop)
+                                                     project, stop, assigned[spec.run_id] or None)
                                 running[future] = spec
                     if not running:
                         if pending and not errors:
@@ -779,6 +795,7 @@ def execute_grid(profile: Profile | str, runs_dir: str | Path | None = None, dat
                         epoch_bars.remove(spec.run_id)
                         free_positions.append(positions.pop(spec.run_id))
                         free_positions.sort()
+                        free_gpus = sorted(free_gpus + assigned.pop(spec.run_id))
                         try:
                             future.result()
                         except RunError as exc:
@@ -800,6 +817,12 @@ def execute_grid(profile: Profile | str, runs_dir: str | Path | None = None, dat
                        "are done and kept; rerun the same command to continue.")
     return {"profile": profile.name, "runs": len(specs), "skipped": skipped, "executed": len(todo),
             "seconds": time.perf_counter() - started_at}
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def profile_as_dict(profile: Profile) -> dict:
