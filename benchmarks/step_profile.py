@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=str(BENCHMARKS_FILE),
                         help="markdown file whose section is rewritten (default: BENCHMARKS.md)")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    parser.add_argument("--section", default=SECTION, help=f"heading of the section to rewrite (default: '{SECTION}')")
     parser.add_argument("--note", help="a line added to the BENCHMARKS.md section")
     return parser
 
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if not args.section.strip() or "\n" in args.section:
+        print_error_and_exit(f"--section must be a non-empty, one-line heading, got {args.section!r}")
     keep_settings = {"keep": [True], "default": [False], "both": [True, False]}[args.malloc]
     try:
         for name in args.model:
@@ -237,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown_section(results, env, command_line("benchmarks.step_profile", argv), args.note)
     print(section)
     if not args.no_write:
-        update_section(args.output, SECTION, section)
-        print(f"wrote the section '{SECTION}' of {args.output}")
+        update_section(args.output, args.section, section)
+        print(f"wrote the section '{args.section}' of {args.output}")
     return 0
 
 

@@ -30,6 +30,7 @@ import argparse
 import datetime
 import itertools
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -274,6 +275,14 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
         loops.append(WrnlibLoop(fresh_model(), data, batch_size, resolved_precision, torch_device, seed,
                                 compile=True))
 
+    # The matmul rates bound what each precision can reach. They are measured
+    # before the warm-up and again after the timed blocks, and the higher of
+    # the two is kept, so a load spike during one measurement does not lower them.
+    matmul_size = 8192 if torch_device.type == "cuda" else 2048
+    matmul_dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    matmul_rates = {name: measure_matmul_rate(torch_device, matmul_size, dtype, repeats=5, warmup=2)
+                    for name, dtype in matmul_dtypes.items()}
+
     warmup_seconds = {}
     for loop in loops:
         started = time.perf_counter()
@@ -298,9 +307,9 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
     # Training FLOPs per image, an estimate: the backward pass is taken as twice
     # the forward pass, and one MAC is two FLOPs.
     flops_per_image = 3 * count_forward_macs(fresh_model())[0] * 2
-    matmul_size = 8192 if torch_device.type == "cuda" else 2048
-    matmul_rates = {name: measure_matmul_rate(torch_device, matmul_size, dtype, repeats=5, warmup=2)
-                    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    for name, dtype in matmul_dtypes.items():
+        rate = measure_matmul_rate(torch_device, matmul_size, dtype, repeats=5, warmup=2)
+        matmul_rates[name] = max(matmul_rates[name], rate)
     result = {
         "model": model_name.upper(),
         "batch_size": batch_size,
@@ -317,6 +326,11 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
         "wrnlib_images_per_second": wrnlib.images_per_second,
         "reference_images_per_second": reference.images_per_second,
         "ratio": wrnlib.images_per_second / reference.images_per_second,
+        # Each block of one loop runs right next to the same block of the other,
+        # so the median of the per-block ratios resists a load spike that hits
+        # only some blocks better than the ratio of the totals does.
+        "median_block_ratio": statistics.median(
+            w / r for w, r in zip(wrnlib.block_rates, reference.block_rates)),
         "training_flops_per_image_estimate": flops_per_image,
         "wrnlib_flops_per_second_estimate": flops_per_image * wrnlib.images_per_second,
         "reference_flops_per_second_estimate": flops_per_image * reference.images_per_second,
@@ -348,12 +362,12 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
 def format_table(results: list[dict]) -> str:
     """Return a fixed-width text table of the results, one row per model."""
     header = f"{'model':<10} {'batch':>5} {'precision':>9} {'threads':>7} {'wrnlib img/s':>13} " \
-             f"{'reference img/s':>16} {'ratio':>6}"
+             f"{'reference img/s':>16} {'ratio':>6} {'median block ratio':>19}"
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(f"{r['model']:<10} {r['batch_size']:>5} {r['precision']:>9} {r['threads']:>7} "
                      f"{r['wrnlib_images_per_second']:>13.1f} {r['reference_images_per_second']:>16.1f} "
-                     f"{r['ratio']:>5.2f}x")
+                     f"{r['ratio']:>5.2f}x {r['median_block_ratio']:>18.2f}x")
     for r in results:
         if r["compile"]:
             lines.append(f"{r['model']}: torch.compile {r['compile_images_per_second']:.1f} img/s, "
@@ -384,17 +398,19 @@ def markdown_section(results: list[dict], command: str, note: str | None) -> str
         lines.append(f"- Note: {note}")
     lines += [
         "",
-        "| model | batch | wrnlib precision | threads | wrnlib images/s | reference images/s | ratio |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| model | batch | wrnlib precision | threads | wrnlib images/s | reference images/s | ratio | "
+        "median block ratio |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['precision']} | {r['threads']} | "
                      f"{r['wrnlib_images_per_second']:.1f} | {r['reference_images_per_second']:.1f} | "
-                     f"{r['ratio']:.2f}x |")
+                     f"{r['ratio']:.2f}x | {r['median_block_ratio']:.2f}x |")
     lines += [
         "",
         "Estimated training FLOP rates (3 x forward MACs x 2 per image) against the measured rate of a "
-        f"{first['matmul_size']} x {first['matmul_size']} matmul on the same device and threads:",
+        f"{first['matmul_size']} x {first['matmul_size']} matmul on the same device and threads (the higher "
+        "of one measurement before and one after the timed blocks):",
         "",
         "| model | wrnlib GFLOP/s | reference GFLOP/s | bf16 matmul GFLOP/s | fp32 matmul GFLOP/s | "
         "bf16 / fp32 matmul |",
@@ -422,7 +438,8 @@ def markdown_section(results: list[dict], command: str, note: str | None) -> str
         f"Each loop trains {first['warmup_batches']} warm-up batches, then {first['batches']} timed batches "
         f"in blocks of {first['block_batches']}; the loops alternate block by block (order reversed every "
         "block) in one process, on the same initial weights and the same training images "
-        f"({first['data']}). Images per second = timed images / summed block seconds. wrnlib's loop is "
+        f"({first['data']}). Images per second = timed images / summed block seconds; the median block "
+        "ratio is the median over blocks of the two loops' images per second in that block. wrnlib's loop is "
         "`wrnlib.train.train_steps`, the step `fit` runs. The reference loop is a Dataset returning PIL "
         "images, torchvision RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize, a "
         "DataLoader, a float32 NCHW model, `torch.optim.SGD` with the same settings and `loss.item()` "

@@ -39,6 +39,9 @@ def test_throughput_json_interface(data_root):
     assert result["model"] == "WRN-10-1"
     assert len(result["wrnlib_block_images_per_second"]) == 2
     assert len(result["reference_block_images_per_second"]) == 2
+    block_ratios = sorted(w / r for w, r in zip(result["wrnlib_block_images_per_second"],
+                                                result["reference_block_images_per_second"]))
+    assert result["median_block_ratio"] == pytest.approx(sum(block_ratios) / 2)
 
 
 def test_throughput_table_writes_own_section(tmp_path, data_root):
@@ -54,6 +57,7 @@ def test_throughput_table_writes_own_section(tmp_path, data_root):
     assert text.count("## Throughput test\n") == 1
     assert "## Training throughput" not in text
     assert "| WRN-10-1 | 8 | fp32 |" in text
+    assert "median block ratio" in text
     assert "- Note: test note" in text
     assert "python -m benchmarks.train_throughput --model wrn-10-1" in text
 
