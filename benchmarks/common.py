@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 import platform
 import re
@@ -130,6 +131,18 @@ def environment_lines(env: dict) -> list[str]:
         f"- Python {env['python_version']}, torch {env['torch_version']}, torchvision "
         f"{env['torchvision_version']}, oneDNN {env['onednn_version']}"
     )
+    return lines
+
+
+def section_header(script: str, command: str, env: dict, extra: list[str] = (), note: str | None = None) -> list[str]:
+    """Return the opening lines of a BENCHMARKS.md section: script, date, command, hardware, versions.
+
+    `extra` holds further bullet lines placed after the environment; `note` becomes a last bullet.
+    """
+    today = datetime.date.today().isoformat()
+    lines = [f"Written by `{script}` on {today}. Command:", "", f"    {command}", "", *environment_lines(env), *extra]
+    if note:
+        lines.append(f"- Note: {note}")
     return lines
 
 

@@ -20,7 +20,6 @@ The second form is a quick check of the script itself on a CPU.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import sys
@@ -33,10 +32,10 @@ from benchmarks.common import (
     command_line,
     count_forward_macs,
     describe_environment,
-    environment_lines,
     measure_matmul_rate,
     print_error_and_exit,
     resolve_device,
+    section_header,
     synchronize,
     update_section,
 )
@@ -128,16 +127,7 @@ def measure_epoch(model_name: str, data, device: torch.device, *, batch_size: in
 
 def markdown_section(result: dict, command: str, note: str | None) -> str:
     """Return the body of the "GPU training epoch" section of BENCHMARKS.md."""
-    today = datetime.date.today().isoformat()
-    lines = [
-        f"Written by `benchmarks/gpu_epoch.py` on {today}. Command:",
-        "",
-        f"    {command}",
-        "",
-        *environment_lines(result),
-    ]
-    if note:
-        lines.append(f"- Note: {note}")
+    lines = section_header("benchmarks/gpu_epoch.py", command, result, note=note)
     lines += [
         "",
         "| model | images | precision | epoch, s | images/s | FLOPs per epoch (estimate) | "

@@ -17,7 +17,6 @@ the larger of their two seed-to-seed standard deviations.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -31,8 +30,8 @@ from benchmarks.common import (
     BENCHMARKS_FILE,
     command_line,
     describe_environment,
-    environment_lines,
     print_error_and_exit,
+    section_header,
     update_section,
 )
 from benchmarks.train_throughput import positive_int
@@ -122,16 +121,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown_section(rows: list[dict], summaries: list[dict], env: dict, profile_name: str, dataset: str,
                      command: str, note: str | None) -> str:
     """Return the body of the "Accuracy parity" section of BENCHMARKS.md."""
-    today = datetime.date.today().isoformat()
-    lines = [
-        f"Written by `benchmarks/precision_parity.py` on {today}. Command:",
-        "",
-        f"    {command}",
-        "",
-        *environment_lines(env),
-    ]
-    if note:
-        lines.append(f"- Note: {note}")
+    lines = section_header("benchmarks/precision_parity.py", command, env, note=note)
     lines += [
         "",
         f"Scratch runs on {dataset} with the {profile_name} profile's settings, trained with `wrnlib.train.fit` "

@@ -15,7 +15,6 @@ Each configuration (model, precision, malloc setting) runs in a fresh process.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 
@@ -25,8 +24,8 @@ from benchmarks.common import (
     BENCHMARKS_FILE,
     command_line,
     describe_environment,
-    environment_lines,
     print_error_and_exit,
+    section_header,
     update_section,
 )
 from benchmarks.train_throughput import load_training_data, non_negative_int, positive_int
@@ -150,11 +149,7 @@ def profile_in_fresh_processes(configurations: list[dict]) -> list[dict]:
 
 def markdown_section(results: list[dict], env: dict, command: str, note: str | None) -> str:
     """Return the body of the "Where a training step's time goes" section of BENCHMARKS.md."""
-    today = datetime.date.today().isoformat()
-    lines = [f"Written by `benchmarks/step_profile.py` on {today}. Command:", "", f"    {command}", "",
-             *environment_lines(env)]
-    if note:
-        lines.append(f"- Note: {note}")
+    lines = section_header("benchmarks/step_profile.py", command, env, note=note)
     first = results[0]
     lines += ["", f"Unprofiled steps (batch {first['batch_size']}, mean over {first['batches']} steps, PyTorch "
               f"threads: {first['threads']}). System time and minor page faults come from getrusage:", "",

@@ -27,7 +27,6 @@ the "Training throughput on a GPU" section when the device is a GPU.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import statistics
@@ -43,11 +42,11 @@ from benchmarks.common import (
     command_line,
     count_forward_macs,
     describe_environment,
-    environment_lines,
     load_average,
     measure_matmul_rate,
     print_error_and_exit,
     resolve_device,
+    section_header,
     synchronize,
     update_section,
 )
@@ -379,23 +378,15 @@ def format_table(results: list[dict]) -> str:
 def markdown_section(results: list[dict], command: str, note: str | None) -> str:
     """Return the body of the "Training throughput" section of BENCHMARKS.md."""
     first = results[0]
-    today = datetime.date.today().isoformat()
-    lines = [
-        f"Written by `benchmarks/train_throughput.py` on {today}. Command:",
-        "",
-        f"    {command}",
-        "",
-        *environment_lines({**first, "torch_threads": first["threads"]}),
-        f"- Device: {first['device_name']}; wrnlib's loop in {first['precision']}, the reference loop in "
-        f"float32; DataLoader workers of the reference loop: {first['reference_workers']}",
-    ]
+    extra = [f"- Device: {first['device_name']}; wrnlib's loop in {first['precision']}, the reference loop in "
+             f"float32; DataLoader workers of the reference loop: {first['reference_workers']}"]
     if first["load_average_before"] is not None:
         loads = ", ".join(f"{r['model']} {r['load_average_before']:.2f} to {r['load_average_after']:.2f}"
                           for r in results)
-        lines.append(f"- System load average (1 minute) before and after the timed blocks, this benchmark's own "
+        extra.append(f"- System load average (1 minute) before and after the timed blocks, this benchmark's own "
                      f"threads included: {loads}")
-    if note:
-        lines.append(f"- Note: {note}")
+    lines = section_header("benchmarks/train_throughput.py", command,
+                           {**first, "torch_threads": first["threads"]}, extra=extra, note=note)
     lines += [
         "",
         "| model | batch | wrnlib precision | threads | wrnlib images/s | reference images/s | ratio | "

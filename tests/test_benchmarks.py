@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.common import command_line, count_forward_macs, hook_forward_macs, update_section
+from benchmarks.common import (command_line, count_forward_macs, hook_forward_macs, section_header,
+                               update_section)
 from benchmarks.precision_parity import summarise
 from wrnlib.models import WideResNet
 
@@ -133,6 +134,18 @@ def test_command_line_leaves_out_local_paths():
         "python -m benchmarks.train_throughput --model wrn-16-2 --json"
     assert command_line("benchmarks.step_profile", ["--note", "a b"]) == \
         "python -m benchmarks.step_profile --note 'a b'"
+
+
+def test_section_header_orders_command_environment_extra_and_note():
+    env = {"cpu_model": "Test CPU", "cpu_count": 2, "torch_threads": 1, "cpu_flags": ["avx512_bf16"],
+           "device": "cpu", "python_version": "3.11.0", "torch_version": "2.14.1", "torchvision_version": "0.29.1",
+           "onednn_version": "3.12.0"}
+    lines = section_header("benchmarks/x.py", "python -m benchmarks.x", env, extra=["- Device: cpu"], note="idle")
+    assert lines[0].startswith("Written by `benchmarks/x.py` on ") and lines[0].endswith(". Command:")
+    assert lines[1:4] == ["", "    python -m benchmarks.x", ""]
+    assert lines[4] == "- CPU: Test CPU, 2 logical CPUs, PyTorch threads: 1"
+    assert lines[-2:] == ["- Device: cpu", "- Note: idle"]
+    assert section_header("benchmarks/x.py", "c", env)[-1].startswith("- Python 3.11.0, torch 2.14.1")
 
 
 def test_update_section_replaces_only_its_section(tmp_path):

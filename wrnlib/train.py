@@ -693,8 +693,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     from wrnlib.train import main as _main  # the importable module, not this __main__ copy
 
     sys.exit(_main())
