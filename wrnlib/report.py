@@ -161,7 +161,7 @@ def load_history(runs_dir: str | Path | None, profile: str, run_id: str) -> pd.D
 
 
 def profile_label(profile: Profile | str) -> str:
-    """Return e.g. "quick profile (miniature: WRN-10, 3,000 training images)"."""
+    """Return e.g. "quick profile (miniature: WRN-10, 2,000 training images)"."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
     if not profile.miniature:
         return f"{profile.name} profile (WRN-{profile.depth}, full training set, {profile.epochs} epochs)"
