@@ -137,7 +137,7 @@ def environment_lines(env: dict) -> list[str]:
 def section_header(script: str, command: str, env: dict, extra: list[str] = (), note: str | None = None) -> list[str]:
     """Return the opening lines of a BENCHMARKS.md section: script, date, command, hardware, versions.
 
-    `extra` holds further bullet lines placed after the environment; `note` becomes a last bullet.
+    `extra` contains further bullet lines placed after the environment; `note` becomes a last bullet.
     """
     today = datetime.date.today().isoformat()
     lines = [f"Written by `{script}` on {today}. Command:", "", f"    {command}", "", *environment_lines(env), *extra]

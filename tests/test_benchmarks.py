@@ -136,12 +136,13 @@ def test_command_line_leaves_out_local_paths():
         "python -m benchmarks.step_profile --note 'a b'"
 
 
-def test_section_header_orders_command_environment_extra_and_note():
+def test_section_header_line_order():
     env = {"cpu_model": "Test CPU", "cpu_count": 2, "torch_threads": 1, "cpu_flags": ["avx512_bf16"],
            "device": "cpu", "python_version": "3.11.0", "torch_version": "2.14.1", "torchvision_version": "0.29.1",
            "onednn_version": "3.12.0"}
     lines = section_header("benchmarks/x.py", "python -m benchmarks.x", env, extra=["- Device: cpu"], note="idle")
-    assert lines[0].startswith("Written by `benchmarks/x.py` on ") and lines[0].endswith(". Command:")
+    assert lines[0].startswith("Written by `benchmarks/x.py` on ")
+    assert lines[0].endswith(". Command:")
     assert lines[1:4] == ["", "    python -m benchmarks.x", ""]
     assert lines[4] == "- CPU: Test CPU, 2 logical CPUs, PyTorch threads: 1"
     assert lines[-2:] == ["- Device: cpu", "- Note: idle"]
