@@ -121,11 +121,17 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown_section(rows: list[dict], summaries: list[dict], env: dict, profile_name: str, dataset: str,
                      command: str, note: str | None) -> str:
     """Return the body of the "Accuracy parity" section of BENCHMARKS.md."""
+    from wrnlib.grid import get_profile
+
+    profile = get_profile(profile_name)
+    train_images = "all" if profile.train_subset is None else f"{profile.train_subset:,}"
+    test_images = "all" if profile.test_subset is None else f"{profile.test_subset:,}"
     lines = section_header("benchmarks/precision_parity.py", command, env, note=note)
     lines += [
         "",
-        f"Scratch runs on {dataset} with the {profile_name} profile's settings, trained with `wrnlib.train.fit` "
-        "on the CPU. Test accuracy in %, mean ± sample standard deviation over seeds:",
+        f"Scratch runs on {dataset} with the {profile_name} profile's settings ({train_images} training images, "
+        f"{profile.epochs} epochs, batch {profile.batch_size}, {test_images} test images), trained with "
+        "`wrnlib.train.fit` on the CPU. Test accuracy in %, mean ± sample standard deviation over seeds:",
         "",
         "| model | seeds | bf16 | fp32 | bf16 − fp32 | agree |",
         "| --- | --- | ---: | ---: | ---: | --- |",

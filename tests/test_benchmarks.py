@@ -11,6 +11,7 @@ import torch
 from benchmarks.common import (command_line, count_forward_macs, hook_forward_macs, section_header,
                                update_section)
 from benchmarks.precision_parity import summarise
+from wrnlib.grid import get_profile
 from wrnlib.models import WideResNet
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -196,6 +197,9 @@ def test_parity_runs_both_precisions(data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = output.read_text(encoding="utf-8")
     assert "## Accuracy parity: bf16 and fp32" in text
+    smoke = get_profile("smoke")
+    assert (f"with the smoke profile's settings ({smoke.train_subset:,} training images, {smoke.epochs} epochs, "
+            f"batch {smoke.batch_size}, {smoke.test_subset:,} test images)") in text
     for seed in (0, 1):
         for precision in ("bf16", "fp32"):
             assert f"| WRN-10-1 | {seed} | {precision} |" in text
