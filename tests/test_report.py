@@ -1,6 +1,7 @@
 """Report functions on a synthetic results table of the `paper` profile (cifar10 runs only)."""
 
 import math
+import re
 
 import matplotlib
 
@@ -207,3 +208,13 @@ def test_prune_variant_of_row(results):
     assert report.prune_variant(longer, PAPER).tag == "l1-iter10x40"
     scratch = results[results["method"] == "scratch"].iloc[0]
     assert report.prune_variant(scratch, PAPER) is None
+
+
+def test_styled_table_pads_and_aligns_numbers():
+    table = pd.DataFrame({"Method": ["scratch"], "Params": ["7,435,354"], "MACs (M)": [996.6]})
+    html = report.styled(table, "caption").to_html()
+    assert "padding: 0.25em 0.6em" in html
+    numeric_cells = re.findall(r"#(T_\w+_row0_col2)\s*\{\s*text-align: right", html)
+    assert len(numeric_cells) == 1
+    assert "row0_col0 {\n  text-align" not in html
+    assert "996.60" in html

@@ -182,7 +182,18 @@ def profile_table(profile: Profile | str) -> pd.DataFrame:
 
 def styled(table: pd.DataFrame, caption: str, precision: int = 2):
     """Return `table` as a pandas Styler with a caption, no index column and fixed decimals."""
-    return table.style.format(precision=precision, na_rep="n/a").hide(axis="index").set_caption(caption)
+    # The book theme gives these tables no cell padding, so neighbouring numeric columns (parameters,
+    # MACs) would run together. Cells do not wrap, so model names such as WRN-10-10 stay on one line,
+    # and numbers are right-aligned to line up their digits.
+    cell_padding = [
+        {"selector": "", "props": [("font-size", "0.85em")]},
+        {"selector": "th, td", "props": [("padding", "0.25em 0.6em")]},
+        {"selector": "td", "props": [("white-space", "nowrap")]},
+    ]
+    styler = table.style.format(precision=precision, na_rep="n/a").hide(axis="index").set_caption(caption)
+    styler = styler.set_table_styles(cell_padding)
+    numeric = table.select_dtypes("number").columns
+    return styler.set_properties(subset=list(numeric), **{"text-align": "right"})
 
 
 def _mean_std(values: pd.Series, digits: int = 2) -> str:
