@@ -121,3 +121,12 @@ def test_read_only_run_store_in_cli(tmp_path, data_root, monkeypatch, capsys):
     assert "the file system is read-only. Pass a writable --runs-dir" in err
     assert "Traceback" not in err
     assert not store.exists()
+
+
+def test_book_warns_about_unfinished_runs(tmp_path, capsys):
+    from wrnlib.cli import _warn_unfinished_runs
+
+    _warn_unfinished_runs("smoke", tmp_path)
+    message = capsys.readouterr().err
+    assert message.startswith(f"warning: 0 of 10 runs of profile smoke are done in run store {tmp_path};")
+    assert "wrnlib grid --profile smoke" in message

@@ -194,3 +194,19 @@ def test_augment_is_seeded():
     c = augment_batch(x, torch.Generator().manual_seed(6))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_failed_download_lists_layouts(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DataError) as err:
+        load_cifar("cifar10", tmp_path, download=True, cache=tmp_path / "cache")
+    message = str(err.value)
+    assert "download into it failed: network is unreachable" in message
+    assert f"{tmp_path / 'cifar10.tar.gz'} (archive of that folder)" in message
+    assert "Set --data-root or WRNLIB_DATA_ROOT" in message
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

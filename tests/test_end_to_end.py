@@ -125,6 +125,9 @@ def test_book_has_every_run_page_with_a_figure(smoke):
         assert "&lt;Figure size" not in html
         assert "<Figure size" not in html
         assert f"<h1>{spec.run_id}" in html
+        # Only papermill's injected cell sets the run id; the template's default cell is removed.
+        plain = re.sub(r"<[^>]+>", "", html)
+        assert len(re.findall(r"\brun_id = ", plain)) == 1, spec.run_id
 
 
 def test_book_results_tables_and_language(smoke):

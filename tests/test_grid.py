@@ -109,6 +109,13 @@ def test_profile_file_errors(tmp_path, monkeypatch, change, message):
     assert str(path) in str(info.value)
 
 
+def test_built_in_lookup_checks_profile_file(tmp_path, monkeypatch):
+    path = _profile_file(tmp_path, monkeypatch, {**TINY, "name": "quick"})
+    with pytest.raises(ConfigError, match="belongs to a built-in profile") as info:
+        get_profile("quick")
+    assert str(path) in str(info.value)
+
+
 def test_profile_file_missing_field(tmp_path, monkeypatch):
     _profile_file(tmp_path, monkeypatch, {k: v for k, v in TINY.items() if k != "depth"})
     with pytest.raises(ConfigError, match=r"missing field\(s\) \['depth'\]"):

@@ -218,3 +218,11 @@ def test_styled_table_pads_and_aligns_numbers():
     assert len(numeric_cells) == 1
     assert "row0_col0 {\n  text-align" not in html
     assert "996.60" in html
+
+
+def test_profile_table_html_keeps_long_values():
+    table = report.profile_table("paper")
+    html = table._repr_html_()
+    longest = max(table["Value"].astype(str), key=len)
+    assert len(longest) > 50
+    assert longest.replace("&", "&amp;").replace(">", "&gt;").replace("<", "&lt;") in html

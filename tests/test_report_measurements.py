@@ -235,7 +235,10 @@ def test_pair_curves_show_loss_and_accuracy(results, tmp_path):
     # Seed 0 only: teacher, scratch, KD and three pruning runs.
     assert len(loss_ax.get_lines()) == len(acc_ax.get_lines()) == 6
     labels = [t.get_text() for t in acc_ax.get_legend().get_texts()]
-    assert labels == ["teacher (WRN-10-2)", "scratch (WRN-10-1)", "KD", "one-shot", "iterative", "prune+KD"]
+    assert labels == ["teacher (WRN-10-2)", "scratch (WRN-10-1)", "KD", "pruning: one-shot, l1",
+                      "pruning: iterative 2 x 1 ep, l1", "pruning + KD: one-shot, l1"]
+    ticks = [tick for tick in loss_ax.get_xticks() if 1 <= tick <= 2]
+    assert ticks == [1.0, 2.0]
 
 
 def test_drone_fps_plot_draws_both_runtimes(results):

@@ -31,7 +31,7 @@ def _add_common(parser: argparse.ArgumentParser, data: bool = True) -> None:
         parser.add_argument("--data-root", default=None,
                             help="folder holding cifar10/ or cifar10.tar.gz (likewise cifar100), or "
                                  "torchvision's files (default: $WRNLIB_DATA_ROOT, else a download into "
-                                 "~/.cache/wrnlib/data)")
+                                 "data/ in the cache folder: $WRNLIB_CACHE, else ~/.cache/wrnlib)")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
 
 
@@ -140,9 +140,26 @@ def cmd_book(args) -> None:
     from .book import build_book
 
     _check_book_output(args)
+    _warn_unfinished_runs(args.profile, _runs_root(args))
     started = time.perf_counter()
     index = build_book(args.profile, _runs_root(args), args.output)
     print(f"book of profile {args.profile} built in {time.perf_counter() - started:.0f} s: {index}")
+
+
+def _warn_unfinished_runs(profile: str, root: Path) -> None:
+    """Print a warning to stderr when some of the profile's runs are not done in the run store `root`.
+
+    The book still builds (its tables show only finished runs), but a book of zero runs usually
+    means a wrong --runs-dir or --profile.
+    """
+    from .grid import plan_runs, spec_state
+
+    specs = plan_runs(profile)
+    done = sum(1 for spec in specs if spec_state(root, spec) == "done")
+    if done < len(specs):
+        print(f"warning: {done} of {len(specs)} runs of profile {profile} are done in run store {root}; "
+              f"the book shows only those. Run `wrnlib grid --profile {profile}` (with the same --runs-dir) "
+              "to make the rest.", file=sys.stderr)
 
 
 def cmd_reproduce(args) -> None:

@@ -189,7 +189,10 @@ def _read_torchvision(name: str, root: Path, download: bool) -> CifarArrays:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
-        raise DataError(f"torchvision could not provide {name} under {root}: {exc}") from None
+        raise DataError(
+            f"{name} not found under data root {root}, and torchvision's download into it failed: {exc}. "
+            f"{_layouts_hint(name, root)}"
+        ) from None
 
     def to_tensor(ds):
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
@@ -220,11 +223,15 @@ def find_source(name: str, root: Path, download: bool) -> tuple[str, Path]:
         return "archive", archive
     if tv.is_dir() or download:
         return "torchvision", root
-    raise DataError(
-        f"{name} not found under data root {root}. Looked for: {tree}/train/ (ImageFolder), "
-        f"{archive} (archive of that folder) and {tv}/ (torchvision files). "
-        "Set --data-root or WRNLIB_DATA_ROOT to a folder holding one of them, or allow the download."
-    )
+    raise DataError(f"{name} not found under data root {root}. {_layouts_hint(name, root)}")
+
+
+def _layouts_hint(name: str, root: Path) -> str:
+    """Return the sentence that lists the layouts `find_source` accepts and how to point at one."""
+    return (f"Looked for: {root / name}/train/ (ImageFolder), {root / (name + '.tar.gz')} (archive of that "
+            f"folder) and {root / _torchvision_folder(name)}/ (torchvision files). Set --data-root or "
+            "WRNLIB_DATA_ROOT to a folder that contains one of them, or allow the download on a machine "
+            "with network access.")
 
 
 def _cache_key(name: str, kind: str, path: Path) -> str:

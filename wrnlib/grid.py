@@ -285,9 +285,10 @@ _REQUIRED_PROFILE_FIELDS = ("name", "datasets", "depth", "pairs", "epochs")
 
 def get_profile(name: str) -> Profile:
     """Return the named profile (built in, or from the WRNLIB_PROFILES file) or raise ConfigError."""
+    # The file is read even for a built-in name, so a clash or a broken file is reported on every lookup.
+    extra = extra_profiles()
     if name in PROFILES:
         return PROFILES[name]
-    extra = extra_profiles()
     if name in extra:
         return extra[name]
     raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join([*PROFILES, *extra])}, or define "

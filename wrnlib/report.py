@@ -12,9 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from . import runs
 from .grid import CANONICAL_PRUNING, Pair, Profile, PruneVariant, get_profile
+
+# Notebooks display the settings and metrics tables as plain DataFrames. Without this option pandas
+# cuts their long text cells (pairs, pruning variants, hardware) to 50 characters with "...".
+pd.set_option("display.max_colwidth", None)
 
 __all__ = [
     "CAMERA_FPS",
@@ -466,6 +471,7 @@ def plot_history(history: pd.DataFrame, title: str = "", val_is_test: bool = Fal
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
@@ -532,7 +538,7 @@ def plot_pair_curves(results: pd.DataFrame, dataset: str, runs_dir: str | Path |
     """Plot validation loss and accuracy per epoch of each pair's runs, one column per pair.
 
     A column shows the teacher, the scratch student and every compressed
-    student of that pair (first seed only), labelled as in `method_label`.
+    student of that pair (first seed only), labelled as in `run_label` (pruning variants by name).
     """
     plt = _pyplot()
     profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -557,15 +563,17 @@ def plot_pair_curves(results: pd.DataFrame, dataset: str, runs_dir: str | Path |
                     else row["label"]
                 marker, color = MARKERS[kind]
                 style = "--" if kind == "teacher" else "-"
-                name = f"{kind} ({row['model']})" if kind in ("teacher", "scratch") else kind
+                # Pruning variants share a marker but not a name (e.g. "pruning: one-shot, l2").
+                name = f"{kind} ({row['model']})" if kind in ("teacher", "scratch") else row["run_label"]
                 ax_loss.plot(history["epoch"], history["val_loss"], style, marker=marker, color=color, label=name)
                 ax_acc.plot(history["epoch"], history["val_acc"], style, marker=marker, color=color, label=name)
-            ax_acc.legend(fontsize=8)
+            ax_acc.legend(fontsize=7)
         curve = "test (used as validation)" if profile.val_size == 0 else "validation"
         ax_loss.set_ylabel(f"{curve} loss")
         ax_acc.set_ylabel(f"{curve} accuracy (%)")
         for ax in (ax_loss, ax_acc):
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     fig.suptitle(f"{dataset}: curves per pair [{profile.name}{' miniature' if profile.miniature else ''}]")
     fig.tight_layout()
