@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime
 import os
@@ -144,6 +145,26 @@ def section_header(script: str, command: str, env: dict, extra: list[str] = (), 
     if note:
         lines.append(f"- Note: {note}")
     return lines
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, dataset: str = "CIFAR-10") -> None:
+    """Add --data-root and --no-download, named for `dataset` in the help text."""
+    parser.add_argument("--data-root", help=f"folder with {dataset} (default: WRNLIB_DATA_ROOT or the cache)")
+    parser.add_argument("--no-download", action="store_true", help=f"never download {dataset}")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, printed: str, json_value: str = "object",
+                         note_example: str | None = None) -> None:
+    """Add --json, --output, --no-write and --note, which every script that writes BENCHMARKS.md takes.
+
+    `printed` names what --no-write prints ("the table"), `json_value` what --json prints ("object", "list").
+    """
+    parser.add_argument("--json", action="store_true", help=f"print one JSON {json_value} and write nothing")
+    parser.add_argument("--output", default=str(BENCHMARKS_FILE),
+                        help="markdown file whose section is rewritten (default: BENCHMARKS.md)")
+    parser.add_argument("--no-write", action="store_true", help=f"print {printed} only")
+    example = f", e.g. {note_example}" if note_example else ""
+    parser.add_argument("--note", help=f"a line added to the BENCHMARKS.md section{example}")
 
 
 # Options that name local files; they do not change what is measured and are

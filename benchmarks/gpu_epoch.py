@@ -28,7 +28,8 @@ import time
 import torch
 
 from benchmarks.common import (
-    BENCHMARKS_FILE,
+    add_data_arguments,
+    add_output_arguments,
     command_line,
     count_forward_macs,
     describe_environment,
@@ -166,16 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--matmul-size", type=positive_int, default=8192,
                         help="side of the square bf16 matmul that measures the device's rate (default 8192)")
     parser.add_argument("--threads", type=positive_int, help="PyTorch CPU threads (default: PyTorch's default)")
-    parser.add_argument("--data-root", help="folder with CIFAR-10 (default: WRNLIB_DATA_ROOT or the cache)")
-    parser.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    add_data_arguments(parser)
     parser.add_argument("--synthetic", action="store_true", help="use random uint8 images instead of CIFAR-10")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and augmentation")
-    parser.add_argument("--json", action="store_true", help="print one JSON object and write nothing")
-    parser.add_argument("--output", default=str(BENCHMARKS_FILE),
-                        help="markdown file whose section is rewritten (default: BENCHMARKS.md)")
-    parser.add_argument("--no-write", action="store_true", help="print the result only")
+    add_output_arguments(parser, "the result")
     parser.add_argument("--save-json", metavar="PATH", help="also write the result as JSON to PATH")
-    parser.add_argument("--note", help="a line added to the BENCHMARKS.md section")
     return parser
 
 

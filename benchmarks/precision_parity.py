@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
-    BENCHMARKS_FILE,
+    add_data_arguments,
+    add_output_arguments,
     command_line,
     describe_environment,
     print_error_and_exit,
@@ -167,13 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="quick", help="profile whose settings the runs use (default quick)")
     parser.add_argument("--dataset", default="cifar10", help="cifar10 or cifar100 (default cifar10)")
     parser.add_argument("--threads", type=positive_int, help="PyTorch CPU threads (default: PyTorch's default)")
-    parser.add_argument("--data-root", help="folder with the data set (default: WRNLIB_DATA_ROOT or the cache)")
-    parser.add_argument("--no-download", action="store_true", help="never download the data set")
-    parser.add_argument("--json", action="store_true", help="print one JSON object and write nothing")
-    parser.add_argument("--output", default=str(BENCHMARKS_FILE),
-                        help="markdown file whose section is rewritten (default: BENCHMARKS.md)")
-    parser.add_argument("--no-write", action="store_true", help="print the summary only")
-    parser.add_argument("--note", help="a line added to the BENCHMARKS.md section")
+    add_data_arguments(parser, "the data set")
+    add_output_arguments(parser, "the summary")
     return parser
 
 

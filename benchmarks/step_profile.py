@@ -21,7 +21,8 @@ import sys
 import torch
 
 from benchmarks.common import (
-    BENCHMARKS_FILE,
+    add_data_arguments,
+    add_output_arguments,
     command_line,
     describe_environment,
     print_error_and_exit,
@@ -190,14 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default 128)")
     parser.add_argument("--threads", type=positive_int, help="PyTorch CPU threads (default: PyTorch's default)")
-    parser.add_argument("--data-root", help="folder with CIFAR-10 (default: WRNLIB_DATA_ROOT or the cache)")
-    parser.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
-    parser.add_argument("--json", action="store_true", help="print one JSON list and write nothing")
-    parser.add_argument("--output", default=str(BENCHMARKS_FILE),
-                        help="markdown file whose section is rewritten (default: BENCHMARKS.md)")
-    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    add_data_arguments(parser)
+    add_output_arguments(parser, "the tables", json_value="list")
     parser.add_argument("--section", default=SECTION, help=f"heading of the section to rewrite (default: '{SECTION}')")
-    parser.add_argument("--note", help="a line added to the BENCHMARKS.md section")
     return parser
 
 

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import (
-    BENCHMARKS_FILE,
+    add_data_arguments,
+    add_output_arguments,
     command_line,
     count_forward_macs,
     describe_environment,
@@ -484,19 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--compile", action="store_true",
                         help="also measure wrnlib's loop with torch.compile (compilation takes minutes on a CPU)")
-    parser.add_argument("--data-root", help="folder with CIFAR-10 (default: WRNLIB_DATA_ROOT or the cache)")
-    parser.add_argument("--no-download", action="store_true", help="never download CIFAR-10")
+    add_data_arguments(parser)
     parser.add_argument("--synthetic", action="store_true",
                         help=f"use {SYNTHETIC_IMAGES:,} random uint8 images instead of CIFAR-10")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and augmentation")
 
-    parser.add_argument("--json", action="store_true", help="print one JSON object and write nothing")
-    parser.add_argument("--output", default=str(BENCHMARKS_FILE),
-                        help="markdown file whose section is rewritten (default: BENCHMARKS.md)")
-    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    add_output_arguments(parser, "the table", note_example="about machine load")
     parser.add_argument("--section", help=f"heading of the section to rewrite (default: '{SECTION}', or "
                                           f"'{GPU_SECTION}' on a GPU)")
-    parser.add_argument("--note", help="a line added to the BENCHMARKS.md section, e.g. about machine load")
     return parser
 
 
