@@ -138,7 +138,7 @@ def environment_lines(env: dict) -> list[str]:
 def section_header(script: str, command: str, env: dict, extra: list[str] = (), note: str | None = None) -> list[str]:
     """Return the opening lines of a BENCHMARKS.md section: script, date, command, hardware, versions.
 
-    `extra` contains further bullet lines placed after the environment; `note` becomes a last bullet.
+    `extra` contains further bullet lines placed after the environment, and `note` becomes the last bullet.
     """
     today = datetime.date.today().isoformat()
     lines = [f"Written by `{script}` on {today}. Command:", "", f"    {command}", "", *environment_lines(env), *extra]

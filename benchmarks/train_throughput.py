@@ -326,9 +326,9 @@ def measure_throughput(model_name: str, *, batches: int = 20, warmup: int = 3, b
         "wrnlib_images_per_second": wrnlib.images_per_second,
         "reference_images_per_second": reference.images_per_second,
         "ratio": wrnlib.images_per_second / reference.images_per_second,
-        # Each block of one loop runs right next to the same block of the other,
-        # so the median of the per-block ratios resists a load spike that hits
-        # only some blocks better than the ratio of the totals does.
+        # Each block of one loop runs right next to the same block of the other.
+        # A load spike that hits only some blocks moves the median of the
+        # per-block ratios less than it moves the ratio of the totals.
         "median_block_ratio": statistics.median(
             w / r for w, r in zip(wrnlib.block_rates, reference.block_rates)),
         "training_flops_per_image_estimate": flops_per_image,

@@ -140,9 +140,10 @@ def cmd_book(args) -> None:
     from .book import build_book
 
     _check_book_output(args)
-    _warn_unfinished_runs(args.profile, _runs_root(args))
+    root = _runs_root(args)
+    _warn_unfinished_runs(args.profile, root)
     started = time.perf_counter()
-    index = build_book(args.profile, _runs_root(args), args.output)
+    index = build_book(args.profile, root, args.output)
     print(f"book of profile {args.profile} built in {time.perf_counter() - started:.0f} s: {index}")
 
 
